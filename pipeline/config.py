@@ -1,0 +1,184 @@
+"""Typed, validated params.
+
+`load_params(path)` reads params.yaml into `Params`; every section forbids unknown keys, and every error
+names the offending key (e.g. ``params.yaml: noise.rate: Input should be less than or equal to 1``).
+Units are given in the field comments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for params sections: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataParams(Strict):
+    """`data:` — where the images and labels come from (read by the ingest stage)."""
+
+    source: Literal["digits", "cifar10", "cifar100", "imagefolder", "manifest"] = "digits"
+    root: str | None = None  # directory (cifar*, imagefolder) or manifest file (manifest); relative to cwd
+    download: bool = False  # cifar*: let torchvision download into `root` when the batches are missing
+    noisy_labels: str | None = None  # CIFAR-10N/100N label file (.pt or .npy) for real noise
+    noisy_label_key: str = "worse_label"  # key in a CIFAR-N .pt dict (aggre_label, random_label1, ...)
+    manifest_root: str | None = None  # directory manifest paths are resolved under (default: its folder)
+    classes: list[str] | None = None  # manifest: the class list (labels must be in it); default: sorted labels
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share held out as test when the source has no split
+    split_seed: int = 0  # seed of that stratified split (fixed so the split never moves)
+    max_per_split: int | None = Field(None, ge=1)  # keep at most this many samples per split (stratified)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataParams:
+        if self.source != "digits" and not self.root:
+            raise ValueError(f"data.root is required for source '{self.source}'")
+        return self
+
+
+AsymMap = Literal["digits", "cifar10", "cifar100"] | dict[int, int]
+
+
+class NoiseParams(Strict):
+    """`noise:` — synthetic label noise, or real noisy labels passed through."""
+
+    kind: Literal["none", "real", "symmetric", "asymmetric", "pairflip"] = "symmetric"
+    rate: float = Field(0.4, ge=0.0, le=1.0)  # flip probability r per sample
+    exclude_true: bool = True  # symmetric: flip to another class (True) or to any of the K classes (False)
+    exact: bool = False  # flip exactly round(r * N) samples instead of each with probability r
+    asym_map: AsymMap = "digits"  # asymmetric: built-in map name or {from_class: to_class}
+
+
+class AugmentParams(Strict):
+    """Batched augmentation applied to uint8 training batches."""
+
+    hflip: bool = False  # random horizontal flip (off for digits: a flipped 2 is not a 2)
+    pad_crop: int = Field(2, ge=0)  # pixels of zero padding before a random crop back to size
+
+
+class TrainParams(Strict):
+    """`train:` — backbone, optimiser and schedule shared by every method (and the retrain stage)."""
+
+    backbone: str = "resnet10t"  # any timm model name
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model kwargs
+    small_stem: bool = True  # replace the stem by a 3x3 stride-1 conv and drop the max-pool
+    image_size: int = Field(16, ge=8)  # px; images are resized once at load time
+    channels: Literal["auto", 1, 3] = "auto"  # auto = 1 if every image is grayscale else 3
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=2)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # step schedule: epochs at which lr *= gamma
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0)  # linear lr warm-up (epochs), before the schedule
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    eval_batch_size: int = Field(512, ge=1)
+    flag_threshold: float = Field(0.5, ge=0.0, le=1.0)  # is_flagged = noise_score >= this
+    resume: bool = False  # continue from the last epoch checkpoint when its params match
+    progress: bool = True  # tqdm bars
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_known(cls, v: str) -> str:
+        import timm
+
+        if not timm.is_model(v):
+            raise ValueError(f"unknown timm model '{v}' (see timm.list_models())")
+        return v
+
+
+class CleanParams(Strict):
+    """`clean:` — the policy turning score tables into the cleaned label file."""
+
+    methods: list[str] = Field(default_factory=lambda: ["ce"], min_length=1)  # score tables that vote
+    relabel_confidence: float = Field(0.8, ge=0.0, le=1.0)  # relabel when pseudo != given and conf >= this
+    drop_noise_score: float = Field(0.5, ge=0.0, le=1.0)  # else drop when noise_score >= this
+
+
+class EvaluateParams(Strict):
+    """`evaluate:` — report options."""
+
+    gallery_size: int = Field(24, ge=0)  # most suspicious samples shown in the report
+
+
+class Params(Strict):
+    """The whole params.yaml."""
+
+    seed: int = 0
+    data: DataParams = Field(default_factory=DataParams)
+    noise: NoiseParams = Field(default_factory=NoiseParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    methods: list[str] = Field(default_factory=lambda: ["ce"], min_length=1)
+    method: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method options, checked by registry
+    clean: CleanParams = Field(default_factory=CleanParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _methods_known(self) -> Params:
+        from pipeline.methods import REGISTRY
+
+        for key, names in (("methods", self.methods), ("clean.methods", self.clean.methods)):
+            for m in names:
+                if m not in REGISTRY:
+                    raise ValueError(f"{key}: unknown method '{m}' (known: {sorted(REGISTRY)})")
+        for m in self.method:
+            if m not in REGISTRY:
+                raise ValueError(f"method.{m}: unknown method '{m}' (known: {sorted(REGISTRY)})")
+        missing = [m for m in self.clean.methods if m not in self.methods]
+        if missing:
+            raise ValueError(f"clean.methods: {missing} are not in `methods`, so no scores will exist")
+        return self
+
+
+def _format(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}" + (f" (got {err['input']!r})" if
+                     err["type"] not in ("extra_forbidden", "value_error") else ""))
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return parse_params(raw or {}, str(path))
+
+
+def validate_section(model: type[BaseModel], raw: dict[str, Any] | None, key: str) -> Any:
+    """Validate one sub-section (e.g. a method's options) and name the key on error."""
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(_format(e, f"params.yaml: {key}").replace(": <root>", "")) from None

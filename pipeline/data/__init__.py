@@ -1,0 +1,1 @@
+"""Data sources, image decoding and the in-memory training data."""

@@ -1,0 +1,118 @@
+"""In-memory image data: one uint8 tensor per split, batched augmentation, batches carry sample indices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import AugmentParams
+from pipeline.data.images import decode_images
+
+
+@dataclass
+class ImageData:
+    """A split held in memory.
+
+    Attributes:
+        images: (N, C, H, W) uint8, on the training device.
+        labels: (N,) int64 labels the methods train on (given labels for train, truth for test).
+        sample_ids: (N,) int64 numpy sample ids; row i of every tensor is sample_ids[i].
+        true_labels: (N,) int64 truth when known (train split with synthetic noise), else None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sample_ids: np.ndarray
+    true_labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray | torch.Tensor) -> ImageData:
+        ix = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.labels.device)
+        return ImageData(self.images[ix], self.labels[ix], self.sample_ids[ix.cpu().numpy()],
+                         None if self.true_labels is None else self.true_labels[ix])
+
+
+def load_split(frame: pl.DataFrame, labels: np.ndarray, size: int, channels: int | str,
+               device: torch.device, true_labels: np.ndarray | None = None) -> ImageData:
+    """Decode an INGESTED frame's images into an ImageData.
+
+    Args:
+        frame: rows with `sample_id`, `image`, `source_path`; order defines row order.
+        labels: (N,) labels aligned with `frame`.
+        size: side length in pixels.
+        channels: 1, 3 or "auto".
+        device: where the tensors live.
+        true_labels: optional (N,) truth aligned with `frame`.
+    """
+    names = [p if p is not None else f"sample_id {i}" for p, i in
+             zip(frame["source_path"].to_list(), frame["sample_id"].to_list(), strict=True)]
+    arr = decode_images(frame["image"].to_list(), size, channels, names)
+    return ImageData(
+        images=torch.from_numpy(arr).to(device),
+        labels=torch.as_tensor(np.array(labels), dtype=torch.long, device=device),
+        sample_ids=frame["sample_id"].to_numpy().astype(np.int64),
+        true_labels=None if true_labels is None else torch.as_tensor(np.array(true_labels), dtype=torch.long,
+                                                                     device=device),
+    )
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel mean/std (of [0,1] pixels) computed once from the training images."""
+
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
+
+    @staticmethod
+    def fit(images: torch.Tensor) -> Normalizer:
+        x = images.float().div_(255.0)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+        return Normalizer(mean, std)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) uint8 -> normalised float32."""
+        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
+    """Random pad-crop and horizontal flip on a whole batch at once.
+
+    Args:
+        x: (B, C, H, W) uint8 or float batch.
+        p: augmentation options.
+        gen: CPU generator the random offsets are drawn from.
+
+    Returns:
+        (B, C, H, W) augmented batch, same dtype and device.
+    """
+    b, _, h, w = x.shape
+    if p.pad_crop > 0:
+        pad = p.pad_crop
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # B,1,H,1
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # B,1,1,W
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = xp[bi, ci, rows, cols]
+    if p.hflip:
+        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(flip, x.flip(-1), x)
+    return x
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator, *, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """Yield index tensors covering 0..n-1 once; a trailing batch of one sample is dropped (BatchNorm)."""
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for idx in order.split(batch_size):
+        if len(idx) >= 2 or not shuffle:
+            yield idx

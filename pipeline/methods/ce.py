@@ -1,0 +1,80 @@
+"""Cross-entropy baseline: one network, or two (`nets: 2`) averaged — GAL's "θA + θB + CE" row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from pipeline.config import Strict
+from pipeline.data.memory import ImageData
+from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.models import build_model
+from pipeline.train import (
+    Accumulator,
+    EpochResult,
+    TrainContext,
+    ce_step,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    progress,
+)
+
+
+class CEOptions(Strict):
+    """`method.ce:` options."""
+
+    nets: int = Field(1, ge=1, le=2)  # 2 = two independently initialised networks, probabilities averaged
+
+
+class CrossEntropy:
+    """Plain cross-entropy on the given labels, with the shared optimiser and schedule."""
+
+    def __init__(self, opts: CEOptions, ctx: TrainContext) -> None:
+        self.ctx = ctx
+        self.nets = [build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device)
+                     for i in range(opts.nets)]
+        if ctx.device.type == "cuda":
+            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
+        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        acc = Accumulator(self.ctx.device)
+        for n in self.nets:
+            n.train()
+        for idx in progress(self.ctx.batches(), self.ctx, f"ce e{epoch + 1}"):
+            _, x, y = self.ctx.train_batch(idx)
+            for k, (net, opt) in enumerate(zip(self.nets, self.opts, strict=True)):
+                loss, logits = ce_step(net, opt, x, y, self.ctx)
+                if k == 0:  # the log follows the first network
+                    acc.add(loss, logits, y)
+        for s in self.scheds:
+            s.step()
+        return acc.result()
+
+    def predict(self, data: ImageData) -> torch.Tensor:
+        return torch.stack([predict(n, data, self.ctx) for n in self.nets]).mean(0)
+
+    def export(self) -> MethodOutput:
+        return MethodOutput(self.predict(self.ctx.train))
+
+    def lr(self) -> float:
+        return self.opts[0].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
+                "scheds": [s.state_dict() for s in self.scheds]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, s in zip(self.nets, state["nets"], strict=True):
+            n.load_state_dict(s)
+        for o, s in zip(self.opts, state["opts"], strict=True):
+            o.load_state_dict(s)
+        for sc, s in zip(self.scheds, state["scheds"], strict=True):
+            sc.load_state_dict(s)
+
+
+SPEC = register(MethodSpec("ce", CEOptions, CrossEntropy, "cross-entropy baseline (1 or 2 networks)"))

@@ -1,0 +1,176 @@
+"""Every Parquet table gradclean writes or reads, defined once.
+
+Writers (`pipeline.io.write_table`), readers (`pipeline.io.read_table`) and the Great Expectations suites
+(`pipeline.validation`) are all built from the `TableSchema` objects here. Score columns state their
+direction (what a high value means) and their range.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.errors import ValidationFailed
+
+CLASS_NAMES_KEY = b"gradclean.class_names"
+"""Arrow schema-metadata key holding the JSON list of class names (index = label)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table.
+
+    Attributes:
+        name: Column name.
+        type: Arrow type.
+        nullable: Whether nulls are allowed.
+        description: What the column holds.
+        direction: For scores, what a high value means (empty for non-scores).
+        min_value: Inclusive lower bound for numeric columns (None = unbounded).
+        max_value: Inclusive upper bound for numeric columns (None = unbounded).
+        unique: Whether values must be unique.
+        allowed: Closed set of allowed values, if any.
+        is_label: Values are class indices in [0, K-1] (K known only at run time).
+    """
+
+    name: str
+    type: pa.DataType
+    nullable: bool = False
+    description: str = ""
+    direction: str = ""
+    min_value: float | None = None
+    max_value: float | None = None
+    unique: bool = False
+    allowed: tuple[str, ...] | None = None
+    is_label: bool = False
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A table: required columns in order, and whether extra (method-specific) columns may follow."""
+
+    name: str
+    columns: tuple[Column, ...]
+    allow_extra: bool = False
+    extra_columns: tuple[Column, ...] = field(default_factory=tuple)
+
+    def arrow_schema(self, class_names: list[str] | None = None) -> pa.Schema:
+        """The Arrow schema of the required columns, with class names in the metadata if given."""
+        fields = [pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns]
+        meta = {CLASS_NAMES_KEY: json.dumps(class_names).encode()} if class_names is not None else None
+        return pa.schema(fields, metadata=meta)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns + self.extra_columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    def check(self, table: pa.Table, where: str) -> pa.Table:
+        """Check presence, order-independent types and nullability; return the table cast to this schema.
+
+        Raises:
+            ValidationFailed: naming `where` (the file) and the offending column.
+        """
+        names = set(table.column_names)
+        missing = [c.name for c in self.columns if c.name not in names]
+        if missing:
+            raise ValidationFailed(f"{where}: missing column(s) {missing} for table '{self.name}'")
+        known = {c.name for c in self.columns + self.extra_columns}
+        extra = [n for n in table.column_names if n not in known]
+        if extra and not self.allow_extra:
+            raise ValidationFailed(f"{where}: unexpected column(s) {extra} for table '{self.name}'")
+        arrays, fields = [], []
+        for c in self.columns + tuple(x for x in self.extra_columns if x.name in names):
+            col = table.column(c.name)
+            if not col.type.equals(c.type):
+                try:
+                    col = col.cast(c.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise ValidationFailed(
+                        f"{where}: column '{c.name}' has type {col.type}, expected {c.type}"
+                    ) from e
+            if not c.nullable and col.null_count:
+                raise ValidationFailed(f"{where}: column '{c.name}' has {col.null_count} null value(s)")
+            arrays.append(col)
+            fields.append(pa.field(c.name, c.type, nullable=c.nullable))
+        for n in extra:
+            arrays.append(table.column(n))
+            fields.append(table.schema.field(n))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def class_names_of(schema: pa.Schema, where: str) -> list[str]:
+    """Class names stored in a table's metadata."""
+    meta = schema.metadata or {}
+    if CLASS_NAMES_KEY not in meta:
+        raise ValidationFailed(f"{where}: no class names in the Parquet metadata (key {CLASS_NAMES_KEY!r})")
+    return list(json.loads(meta[CLASS_NAMES_KEY]))
+
+
+SAMPLE_ID = Column("sample_id", pa.int64(), unique=True, min_value=0, description="Join key across all tables.")
+
+INGESTED = TableSchema(
+    "ingested",
+    (
+        SAMPLE_ID,
+        Column("label", pa.int32(), is_label=True, description="Annotated class index (the truth for "
+               "synthetic-noise runs; the given label for user data)."),
+        Column("image", pa.binary(), description="Encoded image bytes (PNG for converted sources)."),
+        Column("source_path", pa.string(), nullable=True, description="Original file, relative to the root."),
+        Column("noisy_label", pa.int32(), nullable=True, is_label=True,
+               description="Real noisy label from a label file (CIFAR-N), null when none."),
+    ),
+)
+
+NOISY = TableSchema(
+    "noisy",
+    (
+        SAMPLE_ID,
+        Column("given_label", pa.int32(), is_label=True, description="Label the methods train on."),
+        Column("true_label", pa.int32(), nullable=True, is_label=True, description="Truth, null when unknown."),
+        Column("is_noisy", pa.bool_(), nullable=True, description="given != true; null when truth unknown."),
+    ),
+)
+
+SCORES = TableSchema(
+    "scores",
+    (
+        SAMPLE_ID,
+        Column("method", pa.string(), description="Registry name of the method."),
+        Column("given_label", pa.int32(), is_label=True),
+        Column("pseudo_label", pa.int32(), is_label=True, description="The method's predicted class."),
+        Column("confidence", pa.float32(), min_value=0.0, max_value=1.0,
+               direction="higher = more confident in pseudo_label", description="Probability of pseudo_label."),
+        Column("noise_score", pa.float32(), min_value=0.0, max_value=1.0,
+               direction="higher = given label more likely wrong",
+               description="Method-specific; for CE it is 1 - p(given_label)."),
+        Column("is_flagged", pa.bool_(), description="The method calls the given label wrong."),
+        Column("probs", pa.list_(pa.float32()), description="Class probabilities, length K, sum 1."),
+        Column("grad_similarity", pa.float32(), nullable=True, min_value=-1.0, max_value=1.0,
+               direction="higher = gradient agrees with other samples (more likely clean)",
+               description="Mean top-k cosine of last-layer per-example gradients; null until computed."),
+    ),
+    allow_extra=True,
+)
+
+ACTIONS = ("keep", "relabel", "drop")
+
+CLEANED = TableSchema(
+    "cleaned",
+    (
+        SAMPLE_ID,
+        Column("given_label", pa.int32(), is_label=True),
+        Column("given_class", pa.string()),
+        Column("cleaned_label", pa.int32(), nullable=True, is_label=True, description="Null when dropped."),
+        Column("cleaned_class", pa.string(), nullable=True),
+        Column("action", pa.string(), allowed=ACTIONS),
+        Column("confidence", pa.float32(), min_value=0.0, max_value=1.0,
+               direction="higher = more confident in the action",
+               description="Mean confidence of the methods that agree with the action."),
+        Column("reason", pa.string()),
+        Column("methods_agreeing", pa.int32(), min_value=0, description="How many methods voted for the action."),
+    ),
+)

@@ -1,0 +1,306 @@
+"""Shared training pieces as plain functions: device, optimiser, schedule, steps, prediction, checkpoints,
+and the epoch driver `fit` that every method runs under."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.config import TrainParams
+from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices
+from pipeline.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; anything else is passed to torch.device after a check."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device '{name}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: '{name}' requested but CUDA is not available")
+    return dev
+
+
+@dataclass
+class TrainContext:
+    """Everything a method needs to train, passed explicitly (no global state).
+
+    Attributes:
+        train: training split (labels = given labels).
+        test: test split (labels = truth).
+        cfg: shared training params.
+        num_classes: K.
+        in_chans: image channels.
+        device: torch device.
+        seed: run seed; methods derive model seeds from it.
+        gen: CPU generator for shuffling and augmentation; saved in checkpoints.
+        normalize: pixel normaliser fitted on the training images.
+    """
+
+    train: ImageData
+    test: ImageData
+    cfg: TrainParams
+    num_classes: int
+    in_chans: int
+    device: torch.device
+    seed: int
+    gen: torch.Generator = field(default_factory=torch.Generator)
+    normalize: Normalizer | None = None
+
+    def __post_init__(self) -> None:
+        self.gen.manual_seed(self.seed)
+        if self.normalize is None:
+            self.normalize = Normalizer.fit(self.train.images)
+
+    @property
+    def amp(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when enabled, a no-op elsewhere."""
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batches(self) -> Iterable[torch.Tensor]:
+        """Shuffled index batches over the training set, drawn from `gen`."""
+        return batch_indices(len(self.train), self.cfg.batch_size, self.gen)
+
+    def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(idx, augmented normalised images (B,C,H,W), given labels (B,)) for one batch of indices."""
+        idx = idx.to(self.device)
+        x = augment(self.train.images[idx], self.cfg.augment, self.gen)
+        x = self.normalize(x)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return idx, x, self.train.labels[idx]
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainParams) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay), Adam or AdamW from the shared params."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(epoch: float, cfg: TrainParams, total_epochs: int | None = None) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: linear warm-up then constant/step/cosine."""
+    total = total_epochs or cfg.epochs
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        span = max(total - cfg.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    return 1.0
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, total_epochs: int | None = None):
+    """Per-epoch LambdaLR over `lr_factor` (call `.step()` once per epoch)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg, total_epochs))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageData, ctx: TrainContext,
+            batch_size: int | None = None) -> torch.Tensor:
+    """Softmax probabilities (N, K) float32 of `model` in eval mode, no augmentation, on `ctx.device`."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(data), batch_size or ctx.cfg.eval_batch_size):
+        x = ctx.normalize(data.images[i: i + (batch_size or ctx.cfg.eval_batch_size)])
+        with ctx.amp:
+            out.append(model(x).float().softmax(-1))
+    model.train(was)
+    return torch.cat(out) if out else torch.empty(0, ctx.num_classes, device=ctx.device)
+
+
+def ce_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+            ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One plain cross-entropy step. Returns (per-sample loss (B,), logits (B,K)), both detached."""
+    with ctx.amp:
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+    opt.zero_grad(set_to_none=True)
+    loss.mean().backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class EpochResult:
+    """What a method reports for one epoch (tensors stay on device until the driver logs them).
+
+    Attributes:
+        loss_sum: summed training loss over samples seen.
+        correct: training predictions equal to the given label.
+        seen: samples seen.
+        kept: (N,) bool mask of samples the method trained on this epoch, None = all.
+        extra: further per-epoch figures for the log (floats).
+    """
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    kept: torch.Tensor | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Accumulator:
+    """Sums loss and accuracy on device; no host sync inside the loop."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.sum()
+        self.correct += (logits.argmax(-1) == y).sum()
+        self.seen += len(y)
+
+    def result(self, kept: torch.Tensor | None = None, **extra: float) -> EpochResult:
+        return EpochResult(self.loss, self.correct, self.seen, kept, dict(extra))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temp file, then atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Load a checkpoint with weights_only=True; None when absent."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -------------------------------------------------------------------------------------------- driver
+@dataclass
+class FitResult:
+    """Epoch log rows and total training seconds."""
+
+    log: list[dict[str, float]]
+    seconds: float
+
+
+def fit(
+    method: Any,
+    ctx: TrainContext,
+    *,
+    name: str,
+    epochs: int,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Run `method.train_epoch` for `epochs`, evaluating, logging and checkpointing after each.
+
+    The log row per epoch holds: epoch, train_loss, train_acc (vs given labels), test_acc, kept_fraction,
+    label_precision (share of kept samples whose given label is correct; NaN when truth unknown),
+    lr, seconds (cumulative training time), plus the method's extra figures.
+
+    Args:
+        method: an object satisfying `pipeline.methods.Method`.
+        ctx: training context.
+        name: method name for progress output.
+        epochs: number of epochs.
+        checkpoint: file to write after each epoch (None = no checkpoints).
+        fingerprint: identifies the params; a checkpoint with another fingerprint is ignored.
+        resume: continue from `checkpoint` when it exists and matches.
+        on_epoch: optional callback receiving each log row.
+    """
+    log: list[dict[str, float]] = []
+    start, elapsed = 0, 0.0
+    rng_cm = torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else [])
+    with rng_cm:
+        torch.manual_seed(ctx.seed)
+        if resume and checkpoint is not None:
+            st = load_checkpoint(checkpoint)
+            if st is not None and st.get("fingerprint") == fingerprint:
+                method.load_state_dict(st["method"])
+                ctx.gen.set_state(st["gen"])
+                torch.set_rng_state(st["torch_rng"])
+                log, start, elapsed = list(st["log"]), int(st["epoch"]), float(st["seconds"])
+                tqdm.write(f"[{name}] resumed from {checkpoint} after epoch {start}")
+            elif st is not None:
+                tqdm.write(f"[{name}] ignoring {checkpoint}: it was written with other params")
+        truth = ctx.train.true_labels
+        clean = None if truth is None else (truth == ctx.train.labels)
+        for epoch in range(start, epochs):
+            lr = float(method.lr()) if hasattr(method, "lr") else float("nan")
+            t0 = time.perf_counter()
+            res: EpochResult = method.train_epoch(epoch)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            elapsed += time.perf_counter() - t0
+            test_probs = method.predict(ctx.test)
+            test_acc = (test_probs.argmax(-1) == ctx.test.labels).float().mean().item()
+            kept = res.kept
+            kept_frac = 1.0 if kept is None else kept.float().mean().item()
+            if clean is None:
+                precision = float("nan")
+            else:
+                k = torch.ones_like(clean) if kept is None else kept
+                precision = (clean & k).sum().item() / max(int(k.sum().item()), 1)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": res.loss_sum.item() / max(res.seen, 1),
+                "train_acc": res.correct.item() / max(res.seen, 1),
+                "test_acc": test_acc,
+                "kept_fraction": kept_frac,
+                "label_precision": precision,
+                "lr": lr,
+                "seconds": elapsed,
+                **res.extra,
+            }
+            log.append(row)
+            tqdm.write(
+                f"[{name}] epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  train_acc "
+                f"{row['train_acc']:.3f}  test_acc {test_acc:.3f}  kept {kept_frac:.2f}  label_prec "
+                f"{precision:.3f}  {elapsed:.1f}s"
+            )
+            if on_epoch:
+                on_epoch(row)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "seconds": elapsed, "log": log,
+                    "method": method.state_dict(), "gen": ctx.gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                })
+    return FitResult(log, elapsed)
+
+
+def progress(it: Iterable, ctx: TrainContext, desc: str, total: int | None = None) -> Iterable:
+    """tqdm over `it` when `train.progress` is on."""
+    return tqdm(it, desc=desc, total=total, leave=False, disable=not ctx.cfg.progress, mininterval=0.5)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy() if t.is_floating_point() else t.detach().cpu().numpy()

@@ -1,0 +1,151 @@
+"""Great Expectations suites built from `pipeline.schemas`, run on every table before it is written.
+
+Each column's declared properties become expectations (not null, unique, in range, label in [0, K-1],
+in the allowed set); table rules add derived checks (image decodable, probabilities sum to 1, relabel
+implies a changed label), evaluated as boolean columns that GX expects to be all true. A failure raises
+`ValidationFailed` naming the file, the rule, and the failing rows by sample_id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline.data.images import is_decodable
+from pipeline.errors import ValidationFailed
+from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES, TableSchema
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+MAX_ROWS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A derived check: `check(frame, K)` returns one bool per row (True = fine)."""
+
+    name: str
+    check: Callable[[pl.DataFrame, int], pl.Series]
+
+
+def _probs_ok(df: pl.DataFrame, k: int) -> pl.Series:
+    df = df.with_columns(pl.col("probs").cast(pl.List(pl.Float32)))
+    lens = df["probs"].list.len()
+    sums = df["probs"].list.sum()
+    mins = df["probs"].list.min()
+    return ((lens == k) & ((sums - 1.0).abs() < 1e-3) & (mins >= 0.0)).fill_null(False)
+
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    INGESTED.name: (
+        Rule("image bytes decode as an image",
+             lambda df, k: pl.Series([is_decodable(b) if b is not None else False for b in df["image"]])),
+    ),
+    NOISY.name: (
+        Rule("is_noisy equals given_label != true_label",
+             lambda df, k: ((df["given_label"] != df["true_label"]) == df["is_noisy"]).fill_null(True)),
+    ),
+    SCORES.name: (
+        Rule("probs has K non-negative entries summing to 1", _probs_ok),
+        Rule("pseudo_label is the argmax of probs",
+             lambda df, k: (df["probs"].cast(pl.List(pl.Float32)).list.arg_max() == df["pseudo_label"]).fill_null(False)),
+    ),
+    CLEANED.name: (
+        Rule("relabel implies cleaned_label != given_label",
+             lambda df, k: ((df["action"] != "relabel") | (df["cleaned_label"] != df["given_label"])).fill_null(False)),
+        Rule("drop implies a null cleaned_label, keep implies cleaned_label == given_label",
+             lambda df, k: pl.Series(np.where(
+                 (df["action"] == "drop").to_numpy(), df["cleaned_label"].is_null().to_numpy(),
+                 ((df["action"] != "keep") | (df["cleaned_label"] == df["given_label"])).fill_null(False).to_numpy(),
+             ))),
+    ),
+}
+
+
+def _gx_context():
+    import great_expectations as gx
+
+    ctx = gx.get_context(mode="ephemeral")
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # older/newer GX without this config: bars are cosmetic
+        pass
+    return ctx
+
+
+def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str]):
+    """The GX ExpectationSuite for `schema` (only columns present in the frame are checked)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=f"gradclean.{schema.name}")
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    for c in schema.columns + schema.extra_columns:
+        if c.name not in frame_columns or c.name in ("image", "probs"):
+            continue
+        if not c.nullable:
+            suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=c.name))
+        if c.unique:
+            suite.add_expectation(E.ExpectColumnValuesToBeUnique(column=c.name))
+        if c.is_label:
+            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=0,
+                                                                  max_value=num_classes - 1))
+        elif c.min_value is not None or c.max_value is not None:
+            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min_value,
+                                                                  max_value=c.max_value))
+        if c.allowed is not None:
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed)))
+    for i, rule in enumerate(RULES.get(schema.name, ())):
+        suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=f"_rule{i}", value_set=[True],
+                                                            meta={"rule": rule.name}))
+    return suite
+
+
+def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: str) -> None:
+    """Run the suite for `schema` on `frame`.
+
+    Raises:
+        ValidationFailed: listing every failed expectation with up to 10 failing sample ids.
+    """
+    if frame.height == 0:
+        raise ValidationFailed(f"{where}: table '{schema.name}' is empty")
+    rules = RULES.get(schema.name, ())
+    checked = frame.select([c for c in frame.columns if c not in ("image", "probs")]).with_columns(
+        [rule.check(frame, num_classes).alias(f"_rule{i}") for i, rule in enumerate(rules)]
+    )
+    pdf = checked.to_pandas()
+    ctx = _gx_context()
+    batch = (ctx.data_sources.add_pandas("gradclean").add_dataframe_asset(schema.name)
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": pdf}))
+    suite = build_suite(schema, num_classes, list(checked.columns))
+    fmt = {"result_format": "COMPLETE"}
+    if "sample_id" in pdf.columns:
+        fmt["unexpected_index_column_names"] = ["sample_id"]
+    res = batch.validate(suite, result_format=fmt)
+    if res.success:
+        return
+    lines = []
+    for r in res.results:
+        if r.success:
+            continue
+        cfg = r.expectation_config
+        col = cfg.kwargs.get("column")
+        what = (cfg.meta or {}).get("rule") or f"{cfg.type} on '{col}'" + (
+            f" {dict((k, v) for k, v in cfg.kwargs.items() if k in ('min_value', 'max_value', 'value_set'))}"
+            if col else "")
+        n = r.result.get("unexpected_count")
+        ids = [d.get("sample_id") for d in (r.result.get("unexpected_index_list") or [])][:MAX_ROWS_SHOWN]
+        vals = (r.result.get("partial_unexpected_list") or [])[:MAX_ROWS_SHOWN]
+        detail = f"{n} row(s) fail" if n is not None else f"observed {r.result.get('observed_value')}"
+        if ids and any(i is not None for i in ids):
+            detail += f"; sample_id {', '.join(str(int(i)) for i in ids if i is not None)}"
+            if col and not col.startswith("_rule"):
+                detail += f" (values {', '.join(str(v) for v in vals)})"
+        lines.append(f"  - {what}: {detail}")
+    raise ValidationFailed(f"{where}: Great Expectations suite 'gradclean.{schema.name}' failed:\n" + "\n".join(lines))

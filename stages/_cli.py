@@ -1,0 +1,30 @@
+"""Shared CLI plumbing for stage scripts: params loading and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def run_stage(description: str, add_args: Callable[[argparse.ArgumentParser], None],
+              body: Callable[[argparse.Namespace, object], None], argv: list[str] | None = None) -> int:
+    """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2."""
+    from pipeline.config import load_params
+    from pipeline.errors import GradcleanError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        body(args, params)
+    except GradcleanError as e:
+        print(f"gradclean: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,22 @@
+"""Stage clean: params `clean` + scores/*.parquet -> cleaned/labels.parquet and cleaned/labels.csv."""
+
+import sys
+from pathlib import Path
+
+from stages._cli import run_stage
+
+
+def _args(p):
+    p.add_argument("--scores-dir", type=Path, default=Path("scores"))
+    p.add_argument("--out", type=Path, default=Path("cleaned/labels.parquet"))
+    p.add_argument("--csv", type=Path, default=Path("cleaned/labels.csv"))
+
+
+def main(argv=None) -> int:
+    from pipeline.run import run_clean
+
+    return run_stage(__doc__, _args, lambda a, params: run_clean(params, a.scores_dir, a.out, a.csv), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

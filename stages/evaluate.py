@@ -1,0 +1,31 @@
+"""Stage evaluate: metrics.json, DVC plot data and report.html from every earlier output."""
+
+import sys
+from pathlib import Path
+
+from stages._cli import run_stage
+
+
+def _args(p):
+    p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
+    p.add_argument("--noisy", type=Path, default=Path("data/noisy/train.parquet"))
+    p.add_argument("--noise-report", type=Path, default=Path("data/noisy/noise_report.json"))
+    p.add_argument("--scores-dir", type=Path, default=Path("scores"))
+    p.add_argument("--logs-dir", type=Path, default=Path("logs"))
+    p.add_argument("--cleaned", type=Path, default=Path("cleaned/labels.parquet"))
+    p.add_argument("--retrain", type=Path, default=Path("reports/retrain.json"))
+    p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    p.add_argument("--plots-dir", type=Path, default=Path("reports/plots/pr"))
+    p.add_argument("--report", type=Path, default=Path("reports/report.html"))
+
+
+def main(argv=None) -> int:
+    from pipeline.run import run_evaluate
+
+    return run_stage(__doc__, _args, lambda a, params: run_evaluate(
+        params, a.ingested, a.noisy, a.noise_report, a.scores_dir, a.logs_dir, a.cleaned, a.retrain,
+        a.metrics, a.plots_dir, a.report), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Stage noise: params `seed`, `noise` -> data/noisy/train.parquet and noise_report.json."""
+
+import sys
+from pathlib import Path
+
+from stages._cli import run_stage
+
+
+def _args(p):
+    p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
+    p.add_argument("--out", type=Path, default=Path("data/noisy/train.parquet"))
+    p.add_argument("--report", type=Path, default=Path("data/noisy/noise_report.json"))
+
+
+def main(argv=None) -> int:
+    from pipeline.run import run_noise
+
+    return run_stage(__doc__, _args, lambda a, params: run_noise(params, a.ingested, a.out, a.report), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores/<method>.parquet, logs/<method>.csv."""
+
+import sys
+from pathlib import Path
+
+from stages._cli import run_stage
+
+
+def _args(p):
+    p.add_argument("method", help="registry name, e.g. ce")
+    p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
+    p.add_argument("--noisy", type=Path, default=Path("data/noisy/train.parquet"))
+    p.add_argument("--scores-dir", type=Path, default=Path("scores"))
+    p.add_argument("--logs-dir", type=Path, default=Path("logs"))
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+
+
+def main(argv=None) -> int:
+    from pipeline.run import run_train
+
+    return run_stage(__doc__, _args, lambda a, params: run_train(
+        params, a.method, a.ingested, a.noisy, a.scores_dir / f"{a.method}.parquet",
+        a.logs_dir / f"{a.method}.csv", a.checkpoint_dir / f"{a.method}.pt"), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
