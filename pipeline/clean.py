@@ -29,13 +29,22 @@ def _check_frames(scores: dict[str, pl.DataFrame]) -> tuple[np.ndarray, np.ndarr
             raise DataError(f"scores/{name}.parquet: sample ids differ from scores/{first_name}.parquet")
         if not np.array_equal(df["given_label"].to_numpy(), given):
             row = int(np.flatnonzero(df["given_label"].to_numpy() != given)[0])
-            raise DataError(f"scores/{name}.parquet: given_label differs from scores/{first_name}.parquet "
-                            f"at sample_id {ids[row]}")
+            raise DataError(
+                f"scores/{name}.parquet: given_label differs from scores/{first_name}.parquet "
+                f"at sample_id {ids[row]}"
+            )
     return ids, given
 
 
-def propose(given: np.ndarray, pseudo: np.ndarray, confidence: np.ndarray, noise_score: np.ndarray, *,
-            relabel_confidence: float, drop_noise_score: float) -> np.ndarray:
+def propose(
+    given: np.ndarray,
+    pseudo: np.ndarray,
+    confidence: np.ndarray,
+    noise_score: np.ndarray,
+    *,
+    relabel_confidence: float,
+    drop_noise_score: float,
+) -> np.ndarray:
     """One method's proposals: 0 keep, 1 relabel (to pseudo), 2 drop. Pure; shapes (N,) -> (N,)."""
     for name, a in (("pseudo", pseudo), ("confidence", confidence), ("noise_score", noise_score)):
         if len(a) != len(given):
@@ -47,8 +56,13 @@ def propose(given: np.ndarray, pseudo: np.ndarray, confidence: np.ndarray, noise
     return np.where(relabel, 1, np.where(drop, 2, 0))
 
 
-def clean_labels(scores: dict[str, pl.DataFrame], class_names: list[str], *, relabel_confidence: float,
-                 drop_noise_score: float) -> pl.DataFrame:
+def clean_labels(
+    scores: dict[str, pl.DataFrame],
+    class_names: list[str],
+    *,
+    relabel_confidence: float,
+    drop_noise_score: float,
+) -> pl.DataFrame:
     """Apply the policy (majority vote across methods) and return the CLEANED table.
 
     Args:
@@ -68,10 +82,18 @@ def clean_labels(scores: dict[str, pl.DataFrame], class_names: list[str], *, rel
     for j, name in enumerate(names):
         df = scores[name].sort("sample_id")
         target[j] = df["pseudo_label"].to_numpy()
-        conf[j] = df["confidence"].to_numpy()
-        noise[j] = df["noise_score"].to_numpy()
-        prop[j] = propose(given, target[j], conf[j], noise[j], relabel_confidence=relabel_confidence,
-                          drop_noise_score=drop_noise_score)
+        # compare in the stored float32, as `propose` on the columns would (0.7 stored is 0.7 >= 0.7)
+        c32 = df["confidence"].cast(pl.Float32).to_numpy()
+        n32 = df["noise_score"].cast(pl.Float32).to_numpy()
+        conf[j], noise[j] = c32, n32
+        prop[j] = propose(
+            given,
+            target[j],
+            c32,
+            n32,
+            relabel_confidence=relabel_confidence,
+            drop_noise_score=drop_noise_score,
+        )
     # votes for each relabel target: (K, N)
     rel_votes = np.stack([((prop == 1) & (target == c)).sum(0) for c in range(k)])
     best = rel_votes.argmax(0)
@@ -80,27 +102,32 @@ def clean_labels(scores: dict[str, pl.DataFrame], class_names: list[str], *, rel
     half = m / 2
     action = np.where(best_votes > half, 1, np.where(wrong_votes > half, 2, 0))
     cleaned = np.where(action == 1, best, given)
-    agree = np.where(action == 1, (prop == 1) & (target == best),
-                     np.where(action == 2, prop != 0, prop == 0))
+    agree = np.where(action == 1, (prop == 1) & (target == best), np.where(action == 2, prop != 0, prop == 0))
     agreeing = agree.sum(0)
     score_of = np.where(action == 1, conf, np.where(action == 2, noise, 1.0 - noise))  # (M, N)
     confidence = (score_of * agree).sum(0) / np.maximum(agreeing, 1)
-    reasons = _reasons(action, agree, names, given, best, confidence, class_names, relabel_confidence,
-                       drop_noise_score)
+    reasons = _reasons(
+        action, agree, names, given, best, confidence, class_names, relabel_confidence, drop_noise_score
+    )
     acts = np.asarray(["keep", "relabel", "drop"])[action]
-    return pl.DataFrame({
-        "sample_id": pl.Series(ids, dtype=pl.Int64),
-        "given_label": pl.Series(given.astype(np.int32)),
-        "given_class": pl.Series([class_names[g] for g in given], dtype=pl.String),
-        "cleaned_label": pl.Series([None if a == 2 else int(c) for a, c in zip(action, cleaned, strict=True)],
-                                   dtype=pl.Int32),
-        "cleaned_class": pl.Series([None if a == 2 else class_names[c] for a, c in
-                                    zip(action, cleaned, strict=True)], dtype=pl.String),
-        "action": pl.Series(acts, dtype=pl.String),
-        "confidence": pl.Series(confidence.clip(0, 1).astype(np.float32)),
-        "reason": pl.Series(reasons, dtype=pl.String),
-        "methods_agreeing": pl.Series(agreeing.astype(np.int32)),
-    })
+    return pl.DataFrame(
+        {
+            "sample_id": pl.Series(ids, dtype=pl.Int64),
+            "given_label": pl.Series(given.astype(np.int32)),
+            "given_class": pl.Series([class_names[g] for g in given], dtype=pl.String),
+            "cleaned_label": pl.Series(
+                [None if a == 2 else int(c) for a, c in zip(action, cleaned, strict=True)], dtype=pl.Int32
+            ),
+            "cleaned_class": pl.Series(
+                [None if a == 2 else class_names[c] for a, c in zip(action, cleaned, strict=True)],
+                dtype=pl.String,
+            ),
+            "action": pl.Series(acts, dtype=pl.String),
+            "confidence": pl.Series(confidence.clip(0, 1).astype(np.float32)),
+            "reason": pl.Series(reasons, dtype=pl.String),
+            "methods_agreeing": pl.Series(agreeing.astype(np.int32)),
+        }
+    )
 
 
 def _reasons(action, agree, names, given, best, confidence, class_names, thr_rel, thr_drop) -> list[str]:
@@ -110,11 +137,15 @@ def _reasons(action, agree, names, given, best, confidence, class_names, thr_rel
         who = [names[j] for j in range(m) if agree[j, i]]
         votes = f"{len(who)}/{m} ({', '.join(who)})" if m > 1 else who[0] if who else names[0]
         if action[i] == 1:
-            out.append(f"{votes} predict '{class_names[best[i]]}' instead of '{class_names[given[i]]}' "
-                       f"with confidence {confidence[i]:.2f} >= {thr_rel:.2f}")
+            out.append(
+                f"{votes} predict '{class_names[best[i]]}' instead of '{class_names[given[i]]}' "
+                f"with confidence {confidence[i]:.2f} >= {thr_rel:.2f}"
+            )
         elif action[i] == 2:
-            out.append(f"{votes} score the label '{class_names[given[i]]}' as wrong (noise_score "
-                       f"{confidence[i]:.2f} >= {thr_drop:.2f}) with no confident relabel agreed")
+            out.append(
+                f"{votes} score the label '{class_names[given[i]]}' as wrong (noise_score "
+                f"{confidence[i]:.2f} >= {thr_drop:.2f}) with no confident relabel agreed"
+            )
         else:
             out.append(f"{votes} accept '{class_names[given[i]]}' (mean 1 - noise_score {confidence[i]:.2f})")
     return out

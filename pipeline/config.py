@@ -31,7 +31,9 @@ class DataParams(Strict):
     noisy_labels: str | None = None  # CIFAR-10N/100N label file (.pt or .npy) for real noise
     noisy_label_key: str = "worse_label"  # key in a CIFAR-N .pt dict (aggre_label, random_label1, ...)
     manifest_root: str | None = None  # directory manifest paths are resolved under (default: its folder)
-    classes: list[str] | None = None  # manifest: the class list (labels must be in it); default: sorted labels
+    classes: list[str] | None = (
+        None  # manifest: the class list (labels must be in it); default: sorted labels
+    )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share held out as test when the source has no split
     split_seed: int = 0  # seed of that stratified split (fixed so the split never moves)
     max_per_split: int | None = Field(None, ge=1)  # keep at most this many samples per split (stratified)
@@ -149,8 +151,11 @@ def _format(e: ValidationError, source: str) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {loc or '<root>'}: {msg}" + (f" (got {err['input']!r})" if
-                     err["type"] not in ("extra_forbidden", "value_error") else ""))
+        prefix = f"{source}: {loc}: " if loc else f"{source}: "
+        lines.append(
+            f"{prefix}{msg}"
+            + (f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "value_error") else "")
+        )
     return "\n".join(lines)
 
 

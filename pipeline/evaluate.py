@@ -10,8 +10,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from pipeline.config import Params
 
@@ -29,7 +33,9 @@ def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray, noise_score: np
     p, r, f, _ = precision_recall_fscore_support(is_noisy, flagged, average="binary", zero_division=0)
     both = 0 < is_noisy.sum() < len(is_noisy)
     return {
-        "precision": float(p), "recall": float(r), "f1": float(f),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
         "auroc": float(roc_auc_score(is_noisy, noise_score)) if both else float("nan"),
         "average_precision": float(average_precision_score(is_noisy, noise_score)) if both else float("nan"),
         "flagged": int(flagged.sum()),
@@ -62,15 +68,26 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
-def collect_metrics(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame], logs: dict[str, pl.DataFrame],
-                    cleaned: pl.DataFrame, retrain: dict, report: dict, params: Params) -> dict[str, Any]:
+def collect_metrics(
+    noisy: pl.DataFrame,
+    scores: dict[str, pl.DataFrame],
+    logs: dict[str, pl.DataFrame],
+    cleaned: pl.DataFrame,
+    retrain: dict,
+    report: dict,
+    params: Params,
+) -> dict[str, Any]:
     """Everything `reports/metrics.json` holds (JSON-ready; NaN becomes null)."""
     known = noisy["true_label"].null_count() == 0
-    out: dict[str, Any] = {"noise": {
-        "kind": report["kind"], "requested_rate": report.get("requested_rate"),
-        "realised_rate": report.get("realised_rate"),
-        "estimated_rate": (report.get("estimate") or {}).get("rate"),
-    }, "methods": {}}
+    out: dict[str, Any] = {
+        "noise": {
+            "kind": report["kind"],
+            "requested_rate": report.get("requested_rate"),
+            "realised_rate": report.get("realised_rate"),
+            "estimated_rate": (report.get("estimate") or {}).get("rate"),
+        },
+        "methods": {},
+    }
     for m, s in scores.items():
         log = logs[m]
         row: dict[str, Any] = {
@@ -82,13 +99,16 @@ def collect_metrics(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame], logs: 
         }
         j = _truth(noisy, s)
         if j is not None:
-            row["detection"] = detection_metrics(j["is_noisy"].to_numpy(), j["is_flagged"].to_numpy(),
-                                                 j["noise_score"].to_numpy())
+            row["detection"] = detection_metrics(
+                j["is_noisy"].to_numpy(), j["is_flagged"].to_numpy(), j["noise_score"].to_numpy()
+            )
             row["pseudo_label_accuracy"] = float((j["pseudo_label"] == j["true_label"]).mean())
         out["methods"][m] = row
     acts = cleaned["action"]
-    cl: dict[str, Any] = {"methods": params.clean.methods,
-                          **{a: int((acts == a).sum()) for a in ("keep", "relabel", "drop")}}
+    cl: dict[str, Any] = {
+        "methods": params.clean.methods,
+        **{a: int((acts == a).sum()) for a in ("keep", "relabel", "drop")},
+    }
     if known:
         c = cleaned.join(noisy.select("sample_id", "true_label", "is_noisy"), on="sample_id")
         kept = c.filter(pl.col("action") != "drop")
@@ -96,13 +116,19 @@ def collect_metrics(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame], logs: 
         drop = c.filter(pl.col("action") == "drop")
         cl.update(
             label_accuracy_before=float((c["given_label"] == c["true_label"]).mean()),
-            label_accuracy_after=float((kept["cleaned_label"] == kept["true_label"]).mean()) if kept.height else None,
-            relabel_accuracy=float((rel["cleaned_label"] == rel["true_label"]).mean()) if rel.height else None,
+            label_accuracy_after=float((kept["cleaned_label"] == kept["true_label"]).mean())
+            if kept.height
+            else None,
+            relabel_accuracy=float((rel["cleaned_label"] == rel["true_label"]).mean())
+            if rel.height
+            else None,
             drop_precision=float(drop["is_noisy"].mean()) if drop.height else None,
             noisy_remaining=int((kept["cleaned_label"] != kept["true_label"]).sum()),
         )
     out["cleaning"] = cl
-    out["retrain"] = {k: retrain.get(k) for k in ("test_acc_last", "test_acc_best", "train_samples", "seconds")}
+    out["retrain"] = {
+        k: retrain.get(k) for k in ("test_acc_last", "test_acc_best", "train_samples", "seconds")
+    }
     if "ce" in out["methods"]:
         out["retrain"]["ce_noisy_test_acc_last"] = out["methods"]["ce"]["test_acc_last"]
     return _nan_to_none(out)

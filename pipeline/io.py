@@ -40,8 +40,13 @@ class Outputs:
         self._staged.append((Path(tmp), dest))
         return Path(tmp)
 
-    def write_table(self, dest: str | os.PathLike, table: pa.Table | pl.DataFrame, schema: TableSchema,
-                    class_names: list[str] | None = None) -> None:
+    def write_table(
+        self,
+        dest: str | os.PathLike,
+        table: pa.Table | pl.DataFrame,
+        schema: TableSchema,
+        class_names: list[str] | None = None,
+    ) -> None:
         _write_parquet(self.path(dest), table, schema, class_names, where=str(dest))
 
     def write_json(self, dest: str | os.PathLike, obj: Any) -> None:
@@ -82,8 +87,9 @@ def staged_outputs() -> Iterator[Outputs]:
     out._commit()
 
 
-def _write_parquet(path: Path, table: pa.Table | pl.DataFrame, schema: TableSchema,
-                   class_names: list[str] | None, where: str) -> None:
+def _write_parquet(
+    path: Path, table: pa.Table | pl.DataFrame, schema: TableSchema, class_names: list[str] | None, where: str
+) -> None:
     if isinstance(table, pl.DataFrame):
         table = table.to_arrow()
     table = schema.check(table, where)
@@ -96,8 +102,12 @@ def _write_parquet(path: Path, table: pa.Table | pl.DataFrame, schema: TableSche
     pq.write_table(table, path)
 
 
-def write_table(dest: str | os.PathLike, table: pa.Table | pl.DataFrame, schema: TableSchema,
-                class_names: list[str] | None = None) -> None:
+def write_table(
+    dest: str | os.PathLike,
+    table: pa.Table | pl.DataFrame,
+    schema: TableSchema,
+    class_names: list[str] | None = None,
+) -> None:
     """Write one Parquet table atomically after checking it against `schema`."""
     with staged_outputs() as out:
         out.write_table(dest, table, schema, class_names)
@@ -123,7 +133,16 @@ def read_table(path: str | os.PathLike, schema: TableSchema) -> tuple[pl.DataFra
         names = class_names_of(table.schema, str(path))
     except ValidationFailed:
         names = None
-    return pl.from_arrow(table), names
+    frame = pl.from_arrow(table)
+    for c in schema.columns:
+        if c.unique:
+            dup = frame.filter(pl.col(c.name).is_duplicated())[c.name].unique().sort()
+            if dup.len():
+                shown = ", ".join(str(v) for v in dup.head(10).to_list())
+                raise DataError(
+                    f"{path}: {c.name} {shown} appear(s) more than once ({c.name} must be unique)"
+                )
+    return frame, names
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -26,8 +26,10 @@ def adapt_small_stem(model: nn.Module) -> nn.Module:
     """
     name, conv = _first_conv(model)
     if "patch_embed" in name:
-        raise ConfigError("train.small_stem: not for patch-embedding models; use train.model_kwargs "
-                          "(img_size, patch_size) and small_stem: false")
+        raise ConfigError(
+            "train.small_stem: not for patch-embedding models; use train.model_kwargs "
+            "(img_size, patch_size) and small_stem: false"
+        )
     new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=conv.bias is not None)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], new)
@@ -49,8 +51,9 @@ def build_model(cfg: TrainParams, num_classes: int, in_chans: int, seed: int) ->
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes,
-                                      in_chans=in_chans, **cfg.model_kwargs)
+            model = timm.create_model(
+                cfg.backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs
+            )
         except TypeError as e:
             raise ConfigError(f"train.model_kwargs: {e}") from None
         if cfg.small_stem:

@@ -1,4 +1,4 @@
-"""The one-page HTML report: method table, figures (matplotlib PNGs embedded) and a suspicious-sample gallery."""
+"""The one-page HTML report: method table, figures (embedded matplotlib PNGs), suspicious-sample gallery."""
 
 from __future__ import annotations
 
@@ -54,9 +54,16 @@ def _score_hist(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame]) -> str:
     for ax, (m, s) in zip(axes[0], scores.items(), strict=True):
         j = s.join(noisy.select("sample_id", "is_noisy"), on="sample_id")
         bins = np.linspace(0, 1, 31)
-        ax.hist(j.filter(~pl.col("is_noisy"))["noise_score"], bins=bins, alpha=0.6, label="clean", density=True)
-        ax.hist(j.filter(pl.col("is_noisy"))["noise_score"], bins=bins, alpha=0.6, label="mislabeled",
-                density=True)
+        ax.hist(
+            j.filter(~pl.col("is_noisy"))["noise_score"], bins=bins, alpha=0.6, label="clean", density=True
+        )
+        ax.hist(
+            j.filter(pl.col("is_noisy"))["noise_score"],
+            bins=bins,
+            alpha=0.6,
+            label="mislabeled",
+            density=True,
+        )
         ax.set_title(f"{m}: noise_score")
         ax.legend(fontsize=8)
     return _png(fig)
@@ -89,8 +96,15 @@ def _matrix(mat: list[list[float]], names: list[str], title: str) -> str:
         for i in range(k):
             for j in range(k):
                 if a[i, j] >= 0.005:
-                    ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="w" if a[i, j] < 0.5 else "k")
+                    ax.text(
+                        j,
+                        i,
+                        f"{a[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="w" if a[i, j] < 0.5 else "k",
+                    )
     ax.set_xlabel("given label")
     ax.set_ylabel("true label")
     ax.set_title(title)
@@ -107,28 +121,53 @@ def _thumb(blob: bytes) -> str:
     return f'<img class="thumb" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _gallery(cleaned: pl.DataFrame, scores: dict[str, pl.DataFrame], noisy: pl.DataFrame, images: pl.DataFrame,
-             names: list[str], methods: list[str], n: int) -> str:
+def _gallery(
+    cleaned: pl.DataFrame,
+    scores: dict[str, pl.DataFrame],
+    noisy: pl.DataFrame,
+    images: pl.DataFrame,
+    names: list[str],
+    methods: list[str],
+    n: int,
+) -> str:
     if n == 0:
         return ""
-    mean_noise = pl.concat([scores[m].select("sample_id", "noise_score") for m in methods]).group_by(
-        "sample_id").agg(pl.col("noise_score").mean())
-    top = (cleaned.join(mean_noise, on="sample_id").join(noisy.select("sample_id", "true_label"), on="sample_id")
-           .join(images.select("sample_id", "image", "source_path"), on="sample_id")
-           .sort(["noise_score", "sample_id"], descending=[True, False]).head(n))
+    mean_noise = (
+        pl.concat([scores[m].select("sample_id", "noise_score") for m in methods])
+        .group_by("sample_id")
+        .agg(pl.col("noise_score").mean())
+    )
+    top = (
+        cleaned.join(mean_noise, on="sample_id")
+        .join(noisy.select("sample_id", "true_label"), on="sample_id")
+        .join(images.select("sample_id", "image", "source_path"), on="sample_id")
+        .sort(["noise_score", "sample_id"], descending=[True, False])
+        .head(n)
+    )
     cells = []
     for r in top.iter_rows(named=True):
         truth = "" if r["true_label"] is None else f"<br>truth: {html.escape(names[r['true_label']])}"
         cells.append(
             f'<div class="cell">{_thumb(r["image"])}<br>id {r["sample_id"]}<br>given: '
-            f'<b>{html.escape(r["given_class"])}</b><br>suggested: {html.escape(r["cleaned_class"] or "–")}'
-            f' ({r["action"]})<br>noise {r["noise_score"]:.2f}{truth}</div>')
+            f"<b>{html.escape(r['given_class'])}</b><br>suggested: {html.escape(r['cleaned_class'] or '–')}"
+            f" ({r['action']})<br>noise {r['noise_score']:.2f}{truth}</div>"
+        )
     return '<div class="gallery">' + "".join(cells) + "</div>"
 
 
-def render_report(*, metrics: dict, noisy: pl.DataFrame, scores: dict[str, pl.DataFrame],
-                  logs: dict[str, pl.DataFrame], cleaned: pl.DataFrame, retrain_log: pl.DataFrame | None,
-                  report: dict, class_names: list[str], images: pl.DataFrame, params: Params) -> str:
+def render_report(
+    *,
+    metrics: dict,
+    noisy: pl.DataFrame,
+    scores: dict[str, pl.DataFrame],
+    logs: dict[str, pl.DataFrame],
+    cleaned: pl.DataFrame,
+    retrain_log: pl.DataFrame | None,
+    report: dict,
+    class_names: list[str],
+    images: pl.DataFrame,
+    params: Params,
+) -> str:
     """The HTML page as a string (self-contained: figures are embedded PNGs)."""
     known = noisy["true_label"].null_count() == 0
     ce_s = metrics["methods"].get("ce", {}).get("seconds")
@@ -136,35 +175,70 @@ def render_report(*, metrics: dict, noisy: pl.DataFrame, scores: dict[str, pl.Da
     for m, r in metrics["methods"].items():
         d = r.get("detection", {})
         ratio = r["seconds"] / ce_s if ce_s else None
-        rows.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in (
-            m, r["test_acc_last"], r["test_acc_best"], r["best_minus_last"], d.get("precision"), d.get("recall"),
-            d.get("f1"), d.get("auroc"), d.get("average_precision"), r["seconds"], ratio)) + "</tr>")
-    table = ("<table><tr><th>method</th><th>test acc (last)</th><th>test acc (best)</th><th>best − last</th>"
-             "<th>flag precision</th><th>flag recall</th><th>flag F1</th><th>AUROC</th><th>AP</th>"
-             "<th>train s</th><th>× CE time</th></tr>" + "".join(rows) + "</table>")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{_fmt(v)}</td>"
+                for v in (
+                    m,
+                    r["test_acc_last"],
+                    r["test_acc_best"],
+                    r["best_minus_last"],
+                    d.get("precision"),
+                    d.get("recall"),
+                    d.get("f1"),
+                    d.get("auroc"),
+                    d.get("average_precision"),
+                    r["seconds"],
+                    ratio,
+                )
+            )
+            + "</tr>"
+        )
+    table = (
+        "<table><tr><th>method</th><th>test acc (last)</th><th>test acc (best)</th><th>best − last</th>"
+        "<th>flag precision</th><th>flag recall</th><th>flag F1</th><th>AUROC</th><th>AP</th>"
+        "<th>train s</th><th>× CE time</th></tr>" + "".join(rows) + "</table>"
+    )
     c = metrics["cleaning"]
     rt = metrics["retrain"]
-    clean_rows = [("methods voting", ", ".join(c["methods"])), ("keep / relabel / drop",
-                  f"{c['keep']} / {c['relabel']} / {c['drop']}")]
+    clean_rows = [
+        ("methods voting", ", ".join(c["methods"])),
+        ("keep / relabel / drop", f"{c['keep']} / {c['relabel']} / {c['drop']}"),
+    ]
     if known:
-        clean_rows += [("label accuracy before", _fmt(c["label_accuracy_before"])),
-                       ("label accuracy after (kept rows)", _fmt(c["label_accuracy_after"])),
-                       ("relabel accuracy", _fmt(c["relabel_accuracy"])),
-                       ("drop precision (dropped rows that were wrong)", _fmt(c["drop_precision"]))]
-    clean_rows += [("retrained CE test acc (last)", _fmt(rt["test_acc_last"])),
-                   ("CE on noisy labels test acc (last)", _fmt(rt.get("ce_noisy_test_acc_last")))]
-    ctab = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in clean_rows) + "</table>"
+        clean_rows += [
+            ("label accuracy before", _fmt(c["label_accuracy_before"])),
+            ("label accuracy after (kept rows)", _fmt(c["label_accuracy_after"])),
+            ("relabel accuracy", _fmt(c["relabel_accuracy"])),
+            ("drop precision (dropped rows that were wrong)", _fmt(c["drop_precision"])),
+        ]
+    clean_rows += [
+        ("retrained CE test acc (last)", _fmt(rt["test_acc_last"])),
+        ("CE on noisy labels test acc (last)", _fmt(rt.get("ce_noisy_test_acc_last"))),
+    ]
+    ctab = (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in clean_rows)
+        + "</table>"
+    )
     n = metrics["noise"]
     figs = [_curves(logs, retrain_log, "test_acc", "test accuracy per epoch")]
     if known:
-        figs += [_curves(logs, None, "label_precision", "label precision of the kept data"), _pr(noisy, scores),
-                 _score_hist(noisy, scores)]
+        figs += [
+            _curves(logs, None, "label_precision", "label precision of the kept data"),
+            _pr(noisy, scores),
+            _score_hist(noisy, scores),
+        ]
         if report.get("realised_matrix") and len(class_names) <= 100:
             figs.append(_matrix(report["realised_matrix"], class_names, "realised noise transition"))
-    gallery = _gallery(cleaned, scores, noisy, images, class_names, params.clean.methods,
-                       params.evaluate.gallery_size)
-    noise_line = (f"noise: <b>{html.escape(n['kind'])}</b>, requested {_fmt(n['requested_rate'])}, realised "
-                  f"{_fmt(n['realised_rate'])}, estimated {_fmt(n['estimated_rate'])}")
+    gallery = _gallery(
+        cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size
+    )
+    noise_line = (
+        f"noise: <b>{html.escape(n['kind'])}</b>, requested {_fmt(n['requested_rate'])}, realised "
+        f"{_fmt(n['realised_rate'])}, estimated {_fmt(n['estimated_rate'])}"
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>gradclean report</title><style>
 body{{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;color:#222}}
 table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
@@ -172,12 +246,15 @@ th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 .gallery{{display:flex;flex-wrap:wrap}}.cell{{width:130px;font-size:11px;margin:4px;text-align:center}}
 .thumb{{width:64px;height:64px;image-rendering:pixelated;border:1px solid #999}}</style></head><body>
 <h1>gradclean report</h1>
-<p>data: <b>{html.escape(params.data.source)}</b>, {noisy.height} training samples, {len(class_names)} classes;
+<p>data: <b>{html.escape(params.data.source)}</b>, {noisy.height} training samples,
+{len(class_names)} classes;
 {noise_line}; backbone <b>{html.escape(params.train.backbone)}</b> at {params.train.image_size} px,
 {params.train.epochs} epochs.</p>
 <h2>Methods</h2>{table}
-<p>Flags: noise_score ≥ {params.train.flag_threshold}. Detection figures need the truth (synthetic noise or CIFAR-N).</p>
+<p>Flags: noise_score ≥ {params.train.flag_threshold}. Detection figures need the truth
+(synthetic noise or CIFAR-N).</p>
 <h2>Cleaning and retraining</h2>{ctab}
-<h2>Figures</h2><div class="figs">{''.join(figs)}</div>
-<h2>Most suspicious samples</h2><p>Ranked by mean noise_score over {html.escape(', '.join(params.clean.methods))}.</p>
+<h2>Figures</h2><div class="figs">{"".join(figs)}</div>
+<h2>Most suspicious samples</h2>
+<p>Ranked by mean noise_score over {html.escape(", ".join(params.clean.methods))}.</p>
 {gallery}</body></html>"""

@@ -32,7 +32,7 @@ def run_ingest(params: Params, out_dir: Path) -> None:
     k = len(data.class_names)
     seen: dict[int, str] = {}
     for split, frame in (("train", data.train), ("test", data.test)):
-        where = str(out_dir / f"{split}.parquet")
+        where = f"{params.data.source} source ({params.data.root or 'embedded'}), {split} split"
         if frame.height == 0:
             raise DataError(f"{where}: the {split} split is empty")
         for sid in frame["sample_id"].to_list():
@@ -58,8 +58,10 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
         out.write_table(out_table, noisy, NOISY, names)
         out.write_json(out_report, report)
     real = report["realised_rate"]
-    print(f"noise: {params.noise.kind}, requested {report['requested_rate']}, realised "
-          f"{'unknown' if real is None else f'{real:.4f}'} over {noisy.height} samples")
+    print(
+        f"noise: {params.noise.kind}, requested {report['requested_rate']}, realised "
+        f"{'unknown' if real is None else f'{real:.4f}'} over {noisy.height} samples"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -70,16 +72,21 @@ def _train_fingerprint(cfg: TrainParams, extra: dict, labels: np.ndarray, seed: 
     return h.hexdigest()[:16]
 
 
-def load_training_data(ingested_dir: Path, noisy_path: Path, cfg: TrainParams, device: torch.device,
-                       ) -> tuple[ImageData, ImageData, list[str]]:
+def load_training_data(
+    ingested_dir: Path,
+    noisy_path: Path,
+    cfg: TrainParams,
+    device: torch.device,
+) -> tuple[ImageData, ImageData, list[str]]:
     """Train split with given labels (and truth when known) and test split, decoded into memory."""
     train, names = read_table(ingested_dir / "train.parquet", INGESTED)
     test, _ = read_table(ingested_dir / "test.parquet", INGESTED)
     noisy, _ = read_table(noisy_path, NOISY)
     joined = train.select("sample_id", "image", "source_path").join(noisy, on="sample_id", how="left")
     if joined["given_label"].null_count() or noisy.height != train.height:
-        raise DataError(f"{noisy_path}: sample ids do not match {ingested_dir / 'train.parquet'} "
-                        "(re-run the noise stage)")
+        raise DataError(
+            f"{noisy_path}: sample ids do not match {ingested_dir / 'train.parquet'} (re-run the noise stage)"
+        )
     truth = None if joined["true_label"].null_count() else joined["true_label"].to_numpy()
     tr = load_split(joined, joined["given_label"].to_numpy(), cfg.image_size, cfg.channels, device, truth)
     chans = tr.images.shape[1]
@@ -87,38 +94,63 @@ def load_training_data(ingested_dir: Path, noisy_path: Path, cfg: TrainParams, d
     return tr, te, names
 
 
-def train_method(name: str, options: dict | None, params: Params, train: ImageData, test: ImageData,
-                 num_classes: int, device: torch.device, checkpoint: Path | None) -> tuple[object, TrainContext,
-                                                                                     FitResult]:
+def train_method(
+    name: str,
+    options: dict | None,
+    params: Params,
+    train: ImageData,
+    test: ImageData,
+    num_classes: int,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> tuple[object, TrainContext, FitResult]:
     """Build method `name` from its options and train it under the epoch driver."""
     spec = REGISTRY[name]
     opts = validate_section(spec.options, options, f"method.{name}")
     ctx = TrainContext(train, test, params.train, num_classes, train.images.shape[1], device, params.seed)
     method = spec.build(opts, ctx)
-    fp = _train_fingerprint(params.train, {"method": name, **opts.model_dump()}, train.labels.cpu().numpy(),
-                            params.seed)
-    res = fit(method, ctx, name=name, epochs=params.train.epochs, checkpoint=checkpoint, fingerprint=fp,
-              resume=params.train.resume)
+    fp = _train_fingerprint(
+        params.train, {"method": name, **opts.model_dump()}, train.labels.cpu().numpy(), params.seed
+    )
+    res = fit(
+        method,
+        ctx,
+        name=name,
+        epochs=params.train.epochs,
+        checkpoint=checkpoint,
+        fingerprint=fp,
+        resume=params.train.resume,
+    )
     return method, ctx, res
 
 
-def run_train(params: Params, name: str, ingested_dir: Path, noisy_path: Path, scores_out: Path,
-              log_out: Path, checkpoint: Path | None) -> None:
+def run_train(
+    params: Params,
+    name: str,
+    ingested_dir: Path,
+    noisy_path: Path,
+    scores_out: Path,
+    log_out: Path,
+    checkpoint: Path | None,
+) -> None:
     """Train one registry method on the noisy labels; write its score table and epoch log."""
     if name not in REGISTRY:
         raise DataError(f"unknown method '{name}' (known: {sorted(REGISTRY)})")
     device = resolve_device(params.train.device)
     train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
-    method, ctx, res = train_method(name, params.method.get(name), params, train, test, len(names), device,
-                                    checkpoint)
+    method, ctx, res = train_method(
+        name, params.method.get(name), params, train, test, len(names), device, checkpoint
+    )
     scores = scores_frame(name, ctx, method.export(), params.train.flag_threshold)
     validate(scores, SCORES, len(names), str(scores_out))
     with staged_outputs() as out:
         out.write_table(scores_out, scores, SCORES, names)
         out.write_csv(log_out, pl.DataFrame(res.log))
     last = res.log[-1]
-    print(f"train@{name}: test_acc {last['test_acc']:.4f} (best {max(r['test_acc'] for r in res.log):.4f}), "
-          f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s")
+    print(
+        f"train@{name}: test_acc {last['test_acc']:.4f} (best {max(r['test_acc'] for r in res.log):.4f}), "
+        f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ clean
@@ -129,26 +161,40 @@ def run_clean(params: Params, scores_dir: Path, out_parquet: Path, out_csv: Path
     scores, names = {}, None
     for m in params.clean.methods:
         scores[m], names = read_table(scores_dir / f"{m}.parquet", SCORES)
-    cleaned = clean_labels(scores, names, relabel_confidence=params.clean.relabel_confidence,
-                           drop_noise_score=params.clean.drop_noise_score)
+    cleaned = clean_labels(
+        scores,
+        names,
+        relabel_confidence=params.clean.relabel_confidence,
+        drop_noise_score=params.clean.drop_noise_score,
+    )
     validate(cleaned, CLEANED, len(names), str(out_parquet))
     with staged_outputs() as out:
         out.write_table(out_parquet, cleaned, CLEANED, names)
         out.write_csv(out_csv, cleaned)
     counts = dict(cleaned["action"].value_counts().iter_rows())
-    print(f"clean: {counts.get('keep', 0)} keep, {counts.get('relabel', 0)} relabel, "
-          f"{counts.get('drop', 0)} drop (methods: {', '.join(params.clean.methods)})")
+    print(
+        f"clean: {counts.get('keep', 0)} keep, {counts.get('relabel', 0)} relabel, "
+        f"{counts.get('drop', 0)} drop (methods: {', '.join(params.clean.methods)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- retrain
-def run_retrain(params: Params, ingested_dir: Path, noisy_path: Path, cleaned_path: Path, summary_out: Path,
-                log_out: Path, checkpoint: Path | None) -> None:
+def run_retrain(
+    params: Params,
+    ingested_dir: Path,
+    noisy_path: Path,
+    cleaned_path: Path,
+    summary_out: Path,
+    log_out: Path,
+    checkpoint: Path | None,
+) -> None:
     """Train a fresh CE model on the cleaned labels (dropped rows removed); record its test accuracy."""
     device = resolve_device(params.train.device)
     train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
     cleaned, _ = read_table(cleaned_path, CLEANED)
-    order = pl.DataFrame({"sample_id": train.sample_ids}).join(cleaned, on="sample_id", how="left",
-                                                               maintain_order="left")
+    order = pl.DataFrame({"sample_id": train.sample_ids}).join(
+        cleaned, on="sample_id", how="left", maintain_order="left"
+    )
     if order["action"].null_count():
         raise DataError(f"{cleaned_path}: does not cover every training sample (re-run clean)")
     keep = np.flatnonzero(order["action"].to_numpy() != "drop")
@@ -156,8 +202,10 @@ def run_retrain(params: Params, ingested_dir: Path, noisy_path: Path, cleaned_pa
     sub.labels = torch.as_tensor(order["cleaned_label"].to_numpy()[keep].astype(np.int64), device=device)
     _, _, res = train_method("ce", {}, params, sub, test, len(names), device, checkpoint)
     summary = {
-        "train_samples": len(sub), "dropped": int(train.labels.numel() - len(sub)),
-        "test_acc_last": res.log[-1]["test_acc"], "test_acc_best": max(r["test_acc"] for r in res.log),
+        "train_samples": len(sub),
+        "dropped": int(train.labels.numel() - len(sub)),
+        "test_acc_last": res.log[-1]["test_acc"],
+        "test_acc_best": max(r["test_acc"] for r in res.log),
         "label_precision": res.log[-1]["label_precision"] if sub.true_labels is not None else None,
         "seconds": res.seconds,
     }
@@ -168,9 +216,19 @@ def run_retrain(params: Params, ingested_dir: Path, noisy_path: Path, cleaned_pa
 
 
 # --------------------------------------------------------------------------------------------- evaluate
-def run_evaluate(params: Params, ingested_dir: Path, noisy_path: Path, noise_report_path: Path,
-                 scores_dir: Path, logs_dir: Path, cleaned_path: Path, retrain_path: Path,
-                 metrics_out: Path, plots_dir: Path, report_out: Path) -> None:
+def run_evaluate(
+    params: Params,
+    ingested_dir: Path,
+    noisy_path: Path,
+    noise_report_path: Path,
+    scores_dir: Path,
+    logs_dir: Path,
+    cleaned_path: Path,
+    retrain_path: Path,
+    metrics_out: Path,
+    plots_dir: Path,
+    report_out: Path,
+) -> None:
     """Compute metrics, write DVC metrics/plots and the HTML report."""
     from pipeline.evaluate import collect_metrics, pr_curve
     from pipeline.report import render_report
@@ -189,9 +247,18 @@ def run_evaluate(params: Params, ingested_dir: Path, noisy_path: Path, noise_rep
     metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
     train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
-    html = render_report(metrics=metrics, noisy=noisy, scores=scores, logs=logs, cleaned=cleaned,
-                         retrain_log=pl.read_csv(logs_dir / "retrain.csv") if (logs_dir / "retrain.csv").is_file()
-                         else None, report=report, class_names=names, images=train_images, params=params)
+    html = render_report(
+        metrics=metrics,
+        noisy=noisy,
+        scores=scores,
+        logs=logs,
+        cleaned=cleaned,
+        retrain_log=pl.read_csv(logs_dir / "retrain.csv") if (logs_dir / "retrain.csv").is_file() else None,
+        report=report,
+        class_names=names,
+        images=train_images,
+        params=params,
+    )
     with staged_outputs() as out:
         out.write_json(metrics_out, metrics)
         for m, curve in curves.items():

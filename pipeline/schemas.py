@@ -110,18 +110,30 @@ def class_names_of(schema: pa.Schema, where: str) -> list[str]:
     return list(json.loads(meta[CLASS_NAMES_KEY]))
 
 
-SAMPLE_ID = Column("sample_id", pa.int64(), unique=True, min_value=0, description="Join key across all tables.")
+SAMPLE_ID = Column(
+    "sample_id", pa.int64(), unique=True, min_value=0, description="Join key across all tables."
+)
 
 INGESTED = TableSchema(
     "ingested",
     (
         SAMPLE_ID,
-        Column("label", pa.int32(), is_label=True, description="Annotated class index (the truth for "
-               "synthetic-noise runs; the given label for user data)."),
+        Column(
+            "label",
+            pa.int32(),
+            is_label=True,
+            description="Annotated class index (the truth for "
+            "synthetic-noise runs; the given label for user data).",
+        ),
         Column("image", pa.binary(), description="Encoded image bytes (PNG for converted sources)."),
         Column("source_path", pa.string(), nullable=True, description="Original file, relative to the root."),
-        Column("noisy_label", pa.int32(), nullable=True, is_label=True,
-               description="Real noisy label from a label file (CIFAR-N), null when none."),
+        Column(
+            "noisy_label",
+            pa.int32(),
+            nullable=True,
+            is_label=True,
+            description="Real noisy label from a label file (CIFAR-N), null when none.",
+        ),
     ),
 )
 
@@ -130,7 +142,9 @@ NOISY = TableSchema(
     (
         SAMPLE_ID,
         Column("given_label", pa.int32(), is_label=True, description="Label the methods train on."),
-        Column("true_label", pa.int32(), nullable=True, is_label=True, description="Truth, null when unknown."),
+        Column(
+            "true_label", pa.int32(), nullable=True, is_label=True, description="Truth, null when unknown."
+        ),
         Column("is_noisy", pa.bool_(), nullable=True, description="given != true; null when truth unknown."),
     ),
 )
@@ -142,16 +156,33 @@ SCORES = TableSchema(
         Column("method", pa.string(), description="Registry name of the method."),
         Column("given_label", pa.int32(), is_label=True),
         Column("pseudo_label", pa.int32(), is_label=True, description="The method's predicted class."),
-        Column("confidence", pa.float32(), min_value=0.0, max_value=1.0,
-               direction="higher = more confident in pseudo_label", description="Probability of pseudo_label."),
-        Column("noise_score", pa.float32(), min_value=0.0, max_value=1.0,
-               direction="higher = given label more likely wrong",
-               description="Method-specific; for CE it is 1 - p(given_label)."),
+        Column(
+            "confidence",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = more confident in pseudo_label",
+            description="Probability of pseudo_label.",
+        ),
+        Column(
+            "noise_score",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = given label more likely wrong",
+            description="Method-specific; for CE it is 1 - p(given_label).",
+        ),
         Column("is_flagged", pa.bool_(), description="The method calls the given label wrong."),
         Column("probs", pa.list_(pa.float32()), description="Class probabilities, length K, sum 1."),
-        Column("grad_similarity", pa.float32(), nullable=True, min_value=-1.0, max_value=1.0,
-               direction="higher = gradient agrees with other samples (more likely clean)",
-               description="Mean top-k cosine of last-layer per-example gradients; null until computed."),
+        Column(
+            "grad_similarity",
+            pa.float32(),
+            nullable=True,
+            min_value=-1.0,
+            max_value=1.0,
+            direction="higher = gradient agrees with other samples (more likely clean)",
+            description="Mean top-k cosine of last-layer per-example gradients; null until computed.",
+        ),
     ),
     allow_extra=True,
 )
@@ -167,10 +198,17 @@ CLEANED = TableSchema(
         Column("cleaned_label", pa.int32(), nullable=True, is_label=True, description="Null when dropped."),
         Column("cleaned_class", pa.string(), nullable=True),
         Column("action", pa.string(), allowed=ACTIONS),
-        Column("confidence", pa.float32(), min_value=0.0, max_value=1.0,
-               direction="higher = more confident in the action",
-               description="Mean confidence of the methods that agree with the action."),
+        Column(
+            "confidence",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = more confident in the action",
+            description="Mean confidence of the methods that agree with the action.",
+        ),
         Column("reason", pa.string()),
-        Column("methods_agreeing", pa.int32(), min_value=0, description="How many methods voted for the action."),
+        Column(
+            "methods_agreeing", pa.int32(), min_value=0, description="How many methods voted for the action."
+        ),
     ),
 )

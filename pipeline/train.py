@@ -117,22 +117,24 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, total_epochs: i
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageData, ctx: TrainContext,
-            batch_size: int | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module, data: ImageData, ctx: TrainContext, batch_size: int | None = None
+) -> torch.Tensor:
     """Softmax probabilities (N, K) float32 of `model` in eval mode, no augmentation, on `ctx.device`."""
     was = model.training
     model.eval()
     out = []
     for i in range(0, len(data), batch_size or ctx.cfg.eval_batch_size):
-        x = ctx.normalize(data.images[i: i + (batch_size or ctx.cfg.eval_batch_size)])
+        x = ctx.normalize(data.images[i : i + (batch_size or ctx.cfg.eval_batch_size)])
         with ctx.amp:
             out.append(model(x).float().softmax(-1))
     model.train(was)
     return torch.cat(out) if out else torch.empty(0, ctx.num_classes, device=ctx.device)
 
 
-def ce_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+def ce_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One plain cross-entropy step. Returns (per-sample loss (B,), logits (B,K)), both detached."""
     with ctx.amp:
         logits = model(x)
@@ -289,11 +291,18 @@ def fit(
             if on_epoch:
                 on_epoch(row)
             if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "seconds": elapsed, "log": log,
-                    "method": method.state_dict(), "gen": ctx.gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                })
+                save_checkpoint(
+                    checkpoint,
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch + 1,
+                        "seconds": elapsed,
+                        "log": log,
+                        "method": method.state_dict(),
+                        "gen": ctx.gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
     return FitResult(log, elapsed)
 
 

@@ -42,26 +42,45 @@ def _probs_ok(df: pl.DataFrame, k: int) -> pl.Series:
 
 RULES: dict[str, tuple[Rule, ...]] = {
     INGESTED.name: (
-        Rule("image bytes decode as an image",
-             lambda df, k: pl.Series([is_decodable(b) if b is not None else False for b in df["image"]])),
+        Rule(
+            "image bytes decode as an image",
+            lambda df, k: pl.Series([is_decodable(b) if b is not None else False for b in df["image"]]),
+        ),
     ),
     NOISY.name: (
-        Rule("is_noisy equals given_label != true_label",
-             lambda df, k: ((df["given_label"] != df["true_label"]) == df["is_noisy"]).fill_null(True)),
+        Rule(
+            "is_noisy equals given_label != true_label",
+            lambda df, k: ((df["given_label"] != df["true_label"]) == df["is_noisy"]).fill_null(True),
+        ),
     ),
     SCORES.name: (
         Rule("probs has K non-negative entries summing to 1", _probs_ok),
-        Rule("pseudo_label is the argmax of probs",
-             lambda df, k: (df["probs"].cast(pl.List(pl.Float32)).list.arg_max() == df["pseudo_label"]).fill_null(False)),
+        Rule(
+            "pseudo_label is the argmax of probs",
+            lambda df, k: (
+                df["probs"].cast(pl.List(pl.Float32)).list.arg_max() == df["pseudo_label"]
+            ).fill_null(False),
+        ),
     ),
     CLEANED.name: (
-        Rule("relabel implies cleaned_label != given_label",
-             lambda df, k: ((df["action"] != "relabel") | (df["cleaned_label"] != df["given_label"])).fill_null(False)),
-        Rule("drop implies a null cleaned_label, keep implies cleaned_label == given_label",
-             lambda df, k: pl.Series(np.where(
-                 (df["action"] == "drop").to_numpy(), df["cleaned_label"].is_null().to_numpy(),
-                 ((df["action"] != "keep") | (df["cleaned_label"] == df["given_label"])).fill_null(False).to_numpy(),
-             ))),
+        Rule(
+            "relabel implies cleaned_label != given_label",
+            lambda df, k: (
+                (df["action"] != "relabel") | (df["cleaned_label"] != df["given_label"])
+            ).fill_null(False),
+        ),
+        Rule(
+            "drop implies a null cleaned_label, keep implies cleaned_label == given_label",
+            lambda df, k: pl.Series(
+                np.where(
+                    (df["action"] == "drop").to_numpy(),
+                    df["cleaned_label"].is_null().to_numpy(),
+                    ((df["action"] != "keep") | (df["cleaned_label"] == df["given_label"]))
+                    .fill_null(False)
+                    .to_numpy(),
+                )
+            ),
+        ),
     ),
 }
 
@@ -94,16 +113,19 @@ def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str])
         if c.unique:
             suite.add_expectation(E.ExpectColumnValuesToBeUnique(column=c.name))
         if c.is_label:
-            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=0,
-                                                                  max_value=num_classes - 1))
+            suite.add_expectation(
+                E.ExpectColumnValuesToBeBetween(column=c.name, min_value=0, max_value=num_classes - 1)
+            )
         elif c.min_value is not None or c.max_value is not None:
-            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min_value,
-                                                                  max_value=c.max_value))
+            suite.add_expectation(
+                E.ExpectColumnValuesToBeBetween(column=c.name, min_value=c.min_value, max_value=c.max_value)
+            )
         if c.allowed is not None:
             suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed)))
     for i, rule in enumerate(RULES.get(schema.name, ())):
-        suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=f"_rule{i}", value_set=[True],
-                                                            meta={"rule": rule.name}))
+        suite.add_expectation(
+            E.ExpectColumnValuesToBeInSet(column=f"_rule{i}", value_set=[True], meta={"rule": rule.name})
+        )
     return suite
 
 
@@ -121,12 +143,17 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
     )
     pdf = checked.to_pandas()
     ctx = _gx_context()
-    batch = (ctx.data_sources.add_pandas("gradclean").add_dataframe_asset(schema.name)
-             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": pdf}))
+    batch = (
+        ctx.data_sources.add_pandas("gradclean")
+        .add_dataframe_asset(schema.name)
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": pdf})
+    )
     suite = build_suite(schema, num_classes, list(checked.columns))
     fmt = {"result_format": "COMPLETE"}
-    if "sample_id" in pdf.columns:
-        fmt["unexpected_index_column_names"] = ["sample_id"]
+    index_cols = [c for c in ("sample_id", "source_path") if c in pdf.columns]  # source_path: find the file
+    if index_cols:
+        fmt["unexpected_index_column_names"] = index_cols
     res = batch.validate(suite, result_format=fmt)
     if res.success:
         return
@@ -136,16 +163,23 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
             continue
         cfg = r.expectation_config
         col = cfg.kwargs.get("column")
-        what = (cfg.meta or {}).get("rule") or f"{cfg.type} on '{col}'" + (
-            f" {dict((k, v) for k, v in cfg.kwargs.items() if k in ('min_value', 'max_value', 'value_set'))}"
-            if col else "")
+        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "value_set")}
+        what = (cfg.meta or {}).get("rule") or (
+            f"{cfg.type} on '{col}'" + (f" {bounds}" if col and bounds else "")
+        )
         n = r.result.get("unexpected_count")
-        ids = [d.get("sample_id") for d in (r.result.get("unexpected_index_list") or [])][:MAX_ROWS_SHOWN]
+        index = (r.result.get("unexpected_index_list") or [])[:MAX_ROWS_SHOWN]
+        ids = [d.get("sample_id") for d in index]
+        paths = [d["source_path"] for d in index if isinstance(d.get("source_path"), str)]
         vals = (r.result.get("partial_unexpected_list") or [])[:MAX_ROWS_SHOWN]
         detail = f"{n} row(s) fail" if n is not None else f"observed {r.result.get('observed_value')}"
         if ids and any(i is not None for i in ids):
             detail += f"; sample_id {', '.join(str(int(i)) for i in ids if i is not None)}"
             if col and not col.startswith("_rule"):
                 detail += f" (values {', '.join(str(v) for v in vals)})"
+        if paths:
+            detail += f"; source_path {', '.join(paths)}"
         lines.append(f"  - {what}: {detail}")
-    raise ValidationFailed(f"{where}: Great Expectations suite 'gradclean.{schema.name}' failed:\n" + "\n".join(lines))
+    raise ValidationFailed(
+        f"{where}: Great Expectations suite 'gradclean.{schema.name}' failed:\n" + "\n".join(lines)
+    )

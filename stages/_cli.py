@@ -11,8 +11,12 @@ from pathlib import Path
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-def run_stage(description: str, add_args: Callable[[argparse.ArgumentParser], None],
-              body: Callable[[argparse.Namespace, object], None], argv: list[str] | None = None) -> int:
+def run_stage(
+    description: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    body: Callable[[argparse.Namespace, object], None],
+    argv: list[str] | None = None,
+) -> int:
     """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2."""
     from pipeline.config import load_params
     from pipeline.errors import GradcleanError

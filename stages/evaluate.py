@@ -22,9 +22,24 @@ def _args(p):
 def main(argv=None) -> int:
     from pipeline.run import run_evaluate
 
-    return run_stage(__doc__, _args, lambda a, params: run_evaluate(
-        params, a.ingested, a.noisy, a.noise_report, a.scores_dir, a.logs_dir, a.cleaned, a.retrain,
-        a.metrics, a.plots_dir, a.report), argv)
+    return run_stage(
+        __doc__,
+        _args,
+        lambda a, params: run_evaluate(
+            params,
+            a.ingested,
+            a.noisy,
+            a.noise_report,
+            a.scores_dir,
+            a.logs_dir,
+            a.cleaned,
+            a.retrain,
+            a.metrics,
+            a.plots_dir,
+            a.report,
+        ),
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,12 @@ def _args(p):
 def main(argv=None) -> int:
     from pipeline.run import run_retrain
 
-    return run_stage(__doc__, _args, lambda a, params: run_retrain(
-        params, a.ingested, a.noisy, a.cleaned, a.summary, a.log, a.checkpoint), argv)
+    return run_stage(
+        __doc__,
+        _args,
+        lambda a, params: run_retrain(params, a.ingested, a.noisy, a.cleaned, a.summary, a.log, a.checkpoint),
+        argv,
+    )
 
 
 if __name__ == "__main__":

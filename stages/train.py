@@ -1,4 +1,4 @@
-"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores/<method>.parquet, logs/<method>.csv."""
+"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores/, logs/, checkpoints/."""
 
 import sys
 from pathlib import Path
@@ -18,9 +18,20 @@ def _args(p):
 def main(argv=None) -> int:
     from pipeline.run import run_train
 
-    return run_stage(__doc__, _args, lambda a, params: run_train(
-        params, a.method, a.ingested, a.noisy, a.scores_dir / f"{a.method}.parquet",
-        a.logs_dir / f"{a.method}.csv", a.checkpoint_dir / f"{a.method}.pt"), argv)
+    return run_stage(
+        __doc__,
+        _args,
+        lambda a, params: run_train(
+            params,
+            a.method,
+            a.ingested,
+            a.noisy,
+            a.scores_dir / f"{a.method}.parquet",
+            a.logs_dir / f"{a.method}.csv",
+            a.checkpoint_dir / f"{a.method}.pt",
+        ),
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,22 @@ class ImageData:
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> ImageData:
         ix = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.labels.device)
-        return ImageData(self.images[ix], self.labels[ix], self.sample_ids[ix.cpu().numpy()],
-                         None if self.true_labels is None else self.true_labels[ix])
+        return ImageData(
+            self.images[ix],
+            self.labels[ix],
+            self.sample_ids[ix.cpu().numpy()],
+            None if self.true_labels is None else self.true_labels[ix],
+        )
 
 
-def load_split(frame: pl.DataFrame, labels: np.ndarray, size: int, channels: int | str,
-               device: torch.device, true_labels: np.ndarray | None = None) -> ImageData:
+def load_split(
+    frame: pl.DataFrame,
+    labels: np.ndarray,
+    size: int,
+    channels: int | str,
+    device: torch.device,
+    true_labels: np.ndarray | None = None,
+) -> ImageData:
     """Decode an INGESTED frame's images into an ImageData.
 
     Args:
@@ -51,15 +61,18 @@ def load_split(frame: pl.DataFrame, labels: np.ndarray, size: int, channels: int
         device: where the tensors live.
         true_labels: optional (N,) truth aligned with `frame`.
     """
-    names = [p if p is not None else f"sample_id {i}" for p, i in
-             zip(frame["source_path"].to_list(), frame["sample_id"].to_list(), strict=True)]
+    names = [
+        p if p is not None else f"sample_id {i}"
+        for p, i in zip(frame["source_path"].to_list(), frame["sample_id"].to_list(), strict=True)
+    ]
     arr = decode_images(frame["image"].to_list(), size, channels, names)
     return ImageData(
         images=torch.from_numpy(arr).to(device),
         labels=torch.as_tensor(np.array(labels), dtype=torch.long, device=device),
         sample_ids=frame["sample_id"].to_numpy().astype(np.int64),
-        true_labels=None if true_labels is None else torch.as_tensor(np.array(true_labels), dtype=torch.long,
-                                                                     device=device),
+        true_labels=None
+        if true_labels is None
+        else torch.as_tensor(np.array(true_labels), dtype=torch.long, device=device),
     )
 
 
@@ -110,7 +123,9 @@ def augment(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Te
     return x
 
 
-def batch_indices(n: int, batch_size: int, gen: torch.Generator, *, shuffle: bool = True) -> Iterator[torch.Tensor]:
+def batch_indices(
+    n: int, batch_size: int, gen: torch.Generator, *, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
     """Yield index tensors covering 0..n-1 once; a trailing batch of one sample is dropped (BatchNorm)."""
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     for idx in order.split(batch_size):

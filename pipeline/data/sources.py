@@ -90,10 +90,24 @@ def load_digits_source(p: DataParams) -> Ingested:
 
 # ---------------------------------------------------------------------------------------------- CIFAR
 _CIFAR = {
-    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
-                    test=["test_batch"], meta="batches.meta", names=b"label_names", labels=b"labels", k=10),
-    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
-                     names=b"fine_label_names", labels=b"fine_labels", k=100),
+    "cifar10": dict(
+        folder="cifar-10-batches-py",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test=["test_batch"],
+        meta="batches.meta",
+        names=b"label_names",
+        labels=b"labels",
+        k=10,
+    ),
+    "cifar100": dict(
+        folder="cifar-100-python",
+        train=["train"],
+        test=["test"],
+        meta="meta",
+        names=b"fine_label_names",
+        labels=b"fine_labels",
+        k=100,
+    ),
 }
 
 
@@ -132,7 +146,9 @@ def _read_cifar_batches(folder: Path, files: list[str], spec: dict) -> tuple[np.
             raise DataError(f"{path}: {len(y)} labels for {len(x)} images")
         bad = np.flatnonzero((y < 0) | (y >= spec["k"]))
         if len(bad):
-            raise DataError(f"{path}: label {int(y[bad[0]])} at row {int(bad[0])} is outside [0, {spec['k'] - 1}]")
+            raise DataError(
+                f"{path}: label {int(y[bad[0]])} at row {int(bad[0])} is outside [0, {spec['k'] - 1}]"
+            )
         xs.append(x)
         ys.append(y.astype(np.int64))
     return np.concatenate(xs).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.concatenate(ys)
@@ -208,11 +224,15 @@ def load_cifar_source(p: DataParams) -> Ingested:
         noisy, clean = load_noisy_label_file(p.noisy_labels, p.noisy_label_key, len(ytr))
         bad = np.flatnonzero((noisy < 0) | (noisy >= spec["k"]))
         if len(bad):
-            raise DataError(f"{p.noisy_labels}: label {noisy[bad[0]]} at row {bad[0]} outside [0, {spec['k'] - 1}]")
+            raise DataError(
+                f"{p.noisy_labels}: label {noisy[bad[0]]} at row {bad[0]} outside [0, {spec['k'] - 1}]"
+            )
         if clean is not None and not np.array_equal(clean, ytr):
             row = int(np.flatnonzero(clean != ytr)[0])
-            raise DataError(f"{p.noisy_labels}: clean_label disagrees with the CIFAR batches at row {row} "
-                            "(the label file does not belong to these images or their order)")
+            raise DataError(
+                f"{p.noisy_labels}: clean_label disagrees with the CIFAR batches at row {row} "
+                "(the label file does not belong to these images or their order)"
+            )
     ntr = len(ytr)
     train = _frame(np.arange(ntr), ytr, [encode_png(x) for x in xtr], noisy=noisy)
     test = _frame(ntr + np.arange(len(yte)), yte, [encode_png(x) for x in xte])
@@ -243,6 +263,8 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
         raise DataError(f"{root}: image folder not found")
     splits = {"train": root / "train", "test": root / "test"}
     presplit = all(d.is_dir() for d in splits.values())
+    if not presplit and any(d.is_dir() for d in splits.values()):
+        raise DataError(f"{root}: has only one of train/ and test/; give both, or class folders directly")
     bases = splits if presplit else {"all": root}
     classes = sorted(d.name for d in bases["train" if presplit else "all"].iterdir() if d.is_dir())
     if not classes:
@@ -264,7 +286,9 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
         if not rels:
             raise DataError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) under the class folders")
         tr, te = _stratified_split(np.asarray(labels), p.test_fraction, p.split_seed)
-        rows = {s: ([rels[i] for i in ix], [labels[i] for i in ix]) for s, ix in (("train", tr), ("test", te))}
+        rows = {
+            s: ([rels[i] for i in ix], [labels[i] for i in ix]) for s, ix in (("train", tr), ("test", te))
+        }
         ids = {"train": tr, "test": te}
     else:
         ntr = len(rows["train"][0])
@@ -297,7 +321,9 @@ def load_manifest_source(p: DataParams) -> Ingested:
     for i, v in enumerate(raw):
         if v is None or v == "":
             raise DataError(f"{path}: row {i + 2 if path.suffix != '.parquet' else i}: empty label")
-    row_name = (lambda i: f"{path}: row {i + 2}") if path.suffix != ".parquet" else (lambda i: f"{path}: row {i}")
+    row_name = (
+        (lambda i: f"{path}: row {i + 2}") if path.suffix != ".parquet" else (lambda i: f"{path}: row {i}")
+    )
     if p.classes is not None:
         classes = list(p.classes)
     elif all(v.lstrip("-").isdigit() for v in raw):

@@ -81,17 +81,19 @@ def scores_frame(name: str, ctx: TrainContext, out: MethodOutput, flag_threshold
     noise = out.noise_score if out.noise_score is not None else 1.0 - probs.gather(1, given[:, None])[:, 0]
     noise = noise.detach().float().clamp(0.0, 1.0)
     p_np = probs.cpu().numpy().astype(np.float32)
-    frame = pl.DataFrame({
-        "sample_id": pl.Series(ctx.train.sample_ids, dtype=pl.Int64),
-        "method": pl.Series([name] * len(given), dtype=pl.String),
-        "given_label": pl.Series(given.cpu().numpy().astype(np.int32)),
-        "pseudo_label": pl.Series(pseudo.cpu().numpy().astype(np.int32)),
-        "confidence": pl.Series(conf.cpu().numpy().astype(np.float32)),
-        "noise_score": pl.Series(noise.cpu().numpy().astype(np.float32)),
-        "is_flagged": pl.Series(noise.cpu().numpy() >= flag_threshold),
-        "probs": pl.Series(p_np).cast(pl.List(pl.Float32)),
-        "grad_similarity": pl.Series([None] * len(given), dtype=pl.Float32),
-    })
+    frame = pl.DataFrame(
+        {
+            "sample_id": pl.Series(ctx.train.sample_ids, dtype=pl.Int64),
+            "method": pl.Series([name] * len(given), dtype=pl.String),
+            "given_label": pl.Series(given.cpu().numpy().astype(np.int32)),
+            "pseudo_label": pl.Series(pseudo.cpu().numpy().astype(np.int32)),
+            "confidence": pl.Series(conf.cpu().numpy().astype(np.float32)),
+            "noise_score": pl.Series(noise.cpu().numpy().astype(np.float32)),
+            "is_flagged": pl.Series(noise.cpu().numpy() >= flag_threshold),
+            "probs": pl.Series(p_np).cast(pl.List(pl.Float32)),
+            "grad_similarity": pl.Series([None] * len(given), dtype=pl.Float32),
+        }
+    )
     for col, values in out.extra.items():
         frame = frame.with_columns(pl.Series(col, values))
     return frame

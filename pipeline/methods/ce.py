@@ -34,8 +34,10 @@ class CrossEntropy:
 
     def __init__(self, opts: CEOptions, ctx: TrainContext) -> None:
         self.ctx = ctx
-        self.nets = [build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device)
-                     for i in range(opts.nets)]
+        self.nets = [
+            build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device)
+            for i in range(opts.nets)
+        ]
         if ctx.device.type == "cuda":
             self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
         self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
@@ -65,8 +67,11 @@ class CrossEntropy:
         return self.opts[0].param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
-                "scheds": [s.state_dict() for s in self.scheds]}
+        return {
+            "nets": [n.state_dict() for n in self.nets],
+            "opts": [o.state_dict() for o in self.opts],
+            "scheds": [s.state_dict() for s in self.scheds],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for n, s in zip(self.nets, state["nets"], strict=True):

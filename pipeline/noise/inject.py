@@ -12,10 +12,11 @@ from pipeline.errors import ConfigError, DataError
 
 # Fine label -> coarse (superclass) label of CIFAR-100, in the official label order.
 CIFAR100_COARSE = np.array([
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
-    0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
-    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 ])  # fmt: skip
 
 
@@ -44,8 +45,9 @@ def _asym_map(spec: str | dict[int, int], k: int) -> dict[int, int]:
     return m
 
 
-def expected_matrix(kind: str, rate: float, k: int, *, exclude_true: bool = True,
-                    asym_map: str | dict[int, int] = "digits") -> np.ndarray:
+def expected_matrix(
+    kind: str, rate: float, k: int, *, exclude_true: bool = True, asym_map: str | dict[int, int] = "digits"
+) -> np.ndarray:
     """The K×K matrix T[i, j] = P(given = j | true = i) the requested noise implies."""
     t = np.eye(k)
     if kind == "symmetric":
@@ -64,8 +66,17 @@ def expected_matrix(kind: str, rate: float, k: int, *, exclude_true: bool = True
     return t
 
 
-def inject(labels: np.ndarray, kind: str, rate: float, k: int, *, seed: int, exclude_true: bool = True,
-           exact: bool = False, asym_map: str | dict[int, int] = "digits") -> np.ndarray:
+def inject(
+    labels: np.ndarray,
+    kind: str,
+    rate: float,
+    k: int,
+    *,
+    seed: int,
+    exclude_true: bool = True,
+    exact: bool = False,
+    asym_map: str | dict[int, int] = "digits",
+) -> np.ndarray:
     """Corrupt labels.
 
     Args:
@@ -134,41 +145,64 @@ def apply_noise(ingested_train: pl.DataFrame, k: int, p: NoiseParams, seed: int)
     elif p.kind == "real":
         noisy = ingested_train["noisy_label"]
         if noisy.null_count() == len(noisy):
-            raise DataError("noise.kind is 'real' but the ingested data has no noisy labels "
-                            "(set data.noisy_labels to a CIFAR-N label file, or use noise.kind: none)")
+            raise DataError(
+                "noise.kind is 'real' but the ingested data has no noisy labels "
+                "(set data.noisy_labels to a CIFAR-N label file, or use noise.kind: none)"
+            )
         if noisy.null_count():
             row = int(np.flatnonzero(noisy.is_null().to_numpy())[0])
             raise DataError(f"ingested train: sample_id {ids[row]} has no noisy label")
         given, true = noisy.to_numpy().astype(np.int64), labels
     else:
-        given, true = inject(labels, p.kind, p.rate, k, seed=seed, exclude_true=p.exclude_true,
-                             exact=p.exact, asym_map=p.asym_map), labels
-    return pl.DataFrame({
-        "sample_id": ids,
-        "given_label": pl.Series(given.astype(np.int32)),
-        "true_label": pl.Series(true.astype(np.int32) if true is not None else [None] * len(ids), dtype=pl.Int32),
-        "is_noisy": pl.Series(given != true if true is not None else [None] * len(ids), dtype=pl.Boolean),
-    })
+        given, true = (
+            inject(
+                labels,
+                p.kind,
+                p.rate,
+                k,
+                seed=seed,
+                exclude_true=p.exclude_true,
+                exact=p.exact,
+                asym_map=p.asym_map,
+            ),
+            labels,
+        )
+    return pl.DataFrame(
+        {
+            "sample_id": ids,
+            "given_label": pl.Series(given.astype(np.int32)),
+            "true_label": pl.Series(
+                true.astype(np.int32) if true is not None else [None] * len(ids), dtype=pl.Int32
+            ),
+            "is_noisy": pl.Series(given != true if true is not None else [None] * len(ids), dtype=pl.Boolean),
+        }
+    )
 
 
 def noise_report(noisy: pl.DataFrame, k: int, p: NoiseParams, class_names: list[str]) -> dict[str, Any]:
     """The noise_report.json content: requested vs realised rate and matrices."""
-    rep: dict[str, Any] = {"kind": p.kind, "num_classes": k, "class_names": class_names,
-                           "num_samples": noisy.height}
+    rep: dict[str, Any] = {
+        "kind": p.kind,
+        "num_classes": k,
+        "class_names": class_names,
+        "num_samples": noisy.height,
+    }
     injected = p.kind in ("symmetric", "asymmetric", "pairflip")
     rep["requested_rate"] = p.rate if injected else None
     if injected:
         rep.update(exclude_true=p.exclude_true, exact=p.exact)
-        rep["expected_matrix"] = np.round(expected_matrix(p.kind, p.rate, k, exclude_true=p.exclude_true,
-                                                          asym_map=p.asym_map), 6).tolist()
+        rep["expected_matrix"] = np.round(
+            expected_matrix(p.kind, p.rate, k, exclude_true=p.exclude_true, asym_map=p.asym_map), 6
+        ).tolist()
         if p.kind == "asymmetric":
             rep["asym_map"] = {str(a): b for a, b in _asym_map(p.asym_map, k).items()}
     if noisy["true_label"].null_count() == 0:
         true, given = noisy["true_label"].to_numpy(), noisy["given_label"].to_numpy()
         rep["realised_rate"] = float(np.mean(true != given))
         rep["realised_matrix"] = np.round(realised_matrix(true, given, k), 6).tolist()
-        rep["per_class_noise_rate"] = {class_names[c]: float(np.mean(given[true == c] != c))
-                                       for c in range(k) if np.any(true == c)}
+        rep["per_class_noise_rate"] = {
+            class_names[c]: float(np.mean(given[true == c] != c)) for c in range(k) if np.any(true == c)
+        }
     else:
         rep["realised_rate"] = None
         rep["realised_matrix"] = None
