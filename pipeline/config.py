@@ -56,6 +56,9 @@ class NoiseParams(Strict):
     exclude_true: bool = True  # symmetric: flip to another class (True) or to any of the K classes (False)
     exact: bool = False  # flip exactly round(r * N) samples instead of each with probability r
     asym_map: AsymMap = "digits"  # asymmetric: built-in map name or {from_class: to_class}
+    estimate: bool = True  # estimate rate and matrix from out-of-fold CE probabilities (confident joint)
+    estimate_folds: int = Field(4, ge=2)  # K of the K-fold cross-validation
+    estimate_epochs: int = Field(10, ge=1)  # CE epochs per fold (backbone and optimiser from `train`)
 
 
 class AugmentParams(Strict):
@@ -135,9 +138,13 @@ class Params(Strict):
             for m in names:
                 if m not in REGISTRY:
                     raise ValueError(f"{key}: unknown method '{m}' (known: {sorted(REGISTRY)})")
-        for m in self.method:
+        for m, opts in self.method.items():
             if m not in REGISTRY:
                 raise ValueError(f"method.{m}: unknown method '{m}' (known: {sorted(REGISTRY)})")
+            try:
+                REGISTRY[m].options.model_validate(opts or {})
+            except ValidationError as e:
+                raise ValueError(_format(e, f"method.{m}")) from None
         missing = [m for m in self.clean.methods if m not in self.methods]
         if missing:
             raise ValueError(f"clean.methods: {missing} are not in `methods`, so no scores will exist")

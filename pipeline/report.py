@@ -232,6 +232,11 @@ def render_report(
         ]
         if report.get("realised_matrix") and len(class_names) <= 100:
             figs.append(_matrix(report["realised_matrix"], class_names, "realised noise transition"))
+    if (report.get("estimate") or {}).get("matrix") and len(class_names) <= 100:
+        est = report["estimate"]
+        figs.append(
+            _matrix(est["matrix"], class_names, f"estimated noise transition (rate {est['rate']:.3f})")
+        )
     gallery = _gallery(
         cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size
     )

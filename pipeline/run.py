@@ -20,7 +20,7 @@ from pipeline.errors import DataError
 from pipeline.io import read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.noise import apply_noise, noise_report
-from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES
+from pipeline.schemas import CLEANED, INGESTED, NOISY, OOF_PROBS, SCORES
 from pipeline.train import FitResult, TrainContext, fit, resolve_device
 from pipeline.validation import validate
 
@@ -47,20 +47,52 @@ def run_ingest(params: Params, out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ noise
-def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: Path) -> None:
-    """Inject (or pass through) label noise and write the NOISY table and its report."""
+def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: Path, out_oof: Path) -> None:
+    """Inject (or pass through) label noise, estimate it when `noise.estimate`; write table, report, OOF."""
     train, names = read_table(ingested_dir / "train.parquet", INGESTED)
     k = len(names)
     noisy = apply_noise(train, k, params.noise, params.seed)
     validate(noisy, NOISY, k, str(out_table))
     report = noise_report(noisy, k, params.noise, names)
+    oof = None
+    if params.noise.estimate:
+        from pipeline.noise.estimate import estimate_noise, out_of_fold_probs
+
+        device = resolve_device(params.train.device)
+        given = noisy["given_label"].to_numpy()
+        data = load_split(train, given, params.train.image_size, params.train.channels, device)
+        oof = out_of_fold_probs(
+            data,
+            params.train,
+            num_classes=k,
+            folds=params.noise.estimate_folds,
+            epochs=params.noise.estimate_epochs,
+            seed=params.seed,
+            device=device,
+        )
+        est = estimate_noise(given, oof, num_classes=k)
+        est["per_class_noise_rate"] = dict(zip(names, est["per_class_noise_rate"], strict=True))
+        report["estimate"] = {
+            "method": "confident joint (cleanlab) on out-of-fold CE probabilities",
+            "folds": params.noise.estimate_folds,
+            "epochs": params.noise.estimate_epochs,
+            **est,
+        }
+    probs = (
+        pl.Series(oof).cast(pl.List(pl.Float32))
+        if oof is not None
+        else pl.Series([None] * train.height, dtype=pl.List(pl.Float32))
+    )
+    oof_frame = pl.DataFrame({"sample_id": train["sample_id"], "probs": probs})
     with staged_outputs() as out:
         out.write_table(out_table, noisy, NOISY, names)
         out.write_json(out_report, report)
-    real = report["realised_rate"]
+        out.write_table(out_oof, oof_frame, OOF_PROBS, names)
+    real, est_rate = report["realised_rate"], (report["estimate"] or {}).get("rate")
     print(
         f"noise: {params.noise.kind}, requested {report['requested_rate']}, realised "
-        f"{'unknown' if real is None else f'{real:.4f}'} over {noisy.height} samples"
+        f"{'unknown' if real is None else f'{real:.4f}'}, estimated "
+        f"{'off' if est_rate is None else f'{est_rate:.4f}'} over {noisy.height} samples"
     )
 
 
@@ -103,14 +135,34 @@ def train_method(
     num_classes: int,
     device: torch.device,
     checkpoint: Path | None,
+    *,
+    noise_rate: float | None = None,
+    oof_probs: torch.Tensor | None = None,
 ) -> tuple[object, TrainContext, FitResult]:
-    """Build method `name` from its options and train it under the epoch driver."""
+    """Build method `name` from its options and train it under the epoch driver.
+
+    `noise_rate` is the estimated rate (what `forget_rate: auto` means) and `oof_probs` (N, K) the
+    out-of-fold probabilities of noise estimation; both None when noise estimation is off.
+    """
     spec = REGISTRY[name]
     opts = validate_section(spec.options, options, f"method.{name}")
-    ctx = TrainContext(train, test, params.train, num_classes, train.images.shape[1], device, params.seed)
+    ctx = TrainContext(
+        train,
+        test,
+        params.train,
+        num_classes,
+        train.images.shape[1],
+        device,
+        params.seed,
+        noise_rate=noise_rate,
+        oof_probs=oof_probs,
+    )
     method = spec.build(opts, ctx)
     fp = _train_fingerprint(
-        params.train, {"method": name, **opts.model_dump()}, train.labels.cpu().numpy(), params.seed
+        params.train,
+        {"method": name, **opts.model_dump(), "noise_rate": noise_rate},
+        train.labels.cpu().numpy(),
+        params.seed,
     )
     res = fit(
         method,
@@ -124,6 +176,26 @@ def train_method(
     return method, ctx, res
 
 
+def load_estimate(
+    report_path: Path,
+    oof_path: Path,
+    train: ImageData,
+    device: torch.device,
+) -> tuple[float | None, torch.Tensor | None]:
+    """The estimated noise rate and the out-of-fold probabilities aligned with `train` (None when off)."""
+    est = (read_json(report_path).get("estimate") or {}).get("rate")
+    oof, _ = read_table(oof_path, OOF_PROBS)
+    if oof["probs"].null_count():
+        return est, None
+    aligned = pl.DataFrame({"sample_id": train.sample_ids}).join(
+        oof, on="sample_id", how="left", maintain_order="left"
+    )
+    if aligned["probs"].null_count():
+        raise DataError(f"{oof_path}: does not cover every training sample (re-run the noise stage)")
+    probs = np.stack(aligned["probs"].to_list()).astype(np.float32)
+    return est, torch.as_tensor(probs, device=device)
+
+
 def run_train(
     params: Params,
     name: str,
@@ -133,13 +205,28 @@ def run_train(
     log_out: Path,
     checkpoint: Path | None,
 ) -> None:
-    """Train one registry method on the noisy labels; write its score table and epoch log."""
+    """Train one registry method on the noisy labels; write its score table and epoch log.
+
+    The noise estimate is read from `noise_report.json` and `oof_probs.parquet` beside `noisy_path`.
+    """
     if name not in REGISTRY:
         raise DataError(f"unknown method '{name}' (known: {sorted(REGISTRY)})")
     device = resolve_device(params.train.device)
     train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
+    rate, oof = load_estimate(
+        noisy_path.parent / "noise_report.json", noisy_path.parent / "oof_probs.parquet", train, device
+    )
     method, ctx, res = train_method(
-        name, params.method.get(name), params, train, test, len(names), device, checkpoint
+        name,
+        params.method.get(name),
+        params,
+        train,
+        test,
+        len(names),
+        device,
+        checkpoint,
+        noise_rate=rate,
+        oof_probs=oof,
     )
     scores = scores_frame(name, ctx, method.export(), params.train.flag_threshold)
     validate(scores, SCORES, len(names), str(scores_out))

@@ -187,6 +187,20 @@ SCORES = TableSchema(
     allow_extra=True,
 )
 
+OOF_PROBS = TableSchema(
+    "oof_probs",
+    (
+        SAMPLE_ID,
+        Column(
+            "probs",
+            pa.list_(pa.float32()),
+            nullable=True,
+            description="Out-of-fold CE probabilities (length K) from noise estimation; null when "
+            "noise.estimate is off.",
+        ),
+    ),
+)
+
 ACTIONS = ("keep", "relabel", "drop")
 
 CLEANED = TableSchema(

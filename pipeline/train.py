@@ -51,6 +51,9 @@ class TrainContext:
         seed: run seed; methods derive model seeds from it.
         gen: CPU generator for shuffling and augmentation; saved in checkpoints.
         normalize: pixel normaliser fitted on the training images.
+        noise_rate: estimated noise rate from the noise stage (None when not estimated); what
+            `forget_rate: auto` resolves to. Never the injected truth.
+        oof_probs: (N, K) out-of-fold probabilities from noise estimation, None when not computed.
     """
 
     train: ImageData
@@ -62,6 +65,8 @@ class TrainContext:
     seed: int
     gen: torch.Generator = field(default_factory=torch.Generator)
     normalize: Normalizer | None = None
+    noise_rate: float | None = None
+    oof_probs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.gen.manual_seed(self.seed)
@@ -75,9 +80,12 @@ class TrainContext:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def batches(self) -> Iterable[torch.Tensor]:
-        """Shuffled index batches over the training set, drawn from `gen`."""
-        return batch_indices(len(self.train), self.cfg.batch_size, self.gen)
+    def batches(self, subset: torch.Tensor | None = None) -> Iterable[torch.Tensor]:
+        """Shuffled index batches over the training set (or over the row indices `subset`), from `gen`."""
+        if subset is None:
+            return batch_indices(len(self.train), self.cfg.batch_size, self.gen)
+        subset = subset.cpu()
+        return (subset[b] for b in batch_indices(len(subset), self.cfg.batch_size, self.gen))
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(idx, augmented normalised images (B,C,H,W), given labels (B,)) for one batch of indices."""

@@ -1,4 +1,4 @@
-"""Stage noise: params `seed`, `noise` -> data/noisy/train.parquet and noise_report.json."""
+"""Stage noise: params `seed`, `noise`, `train` -> data/noisy/ (train, noise_report.json, oof_probs)."""
 
 import sys
 from pathlib import Path
@@ -10,12 +10,15 @@ def _args(p):
     p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
     p.add_argument("--out", type=Path, default=Path("data/noisy/train.parquet"))
     p.add_argument("--report", type=Path, default=Path("data/noisy/noise_report.json"))
+    p.add_argument("--oof", type=Path, default=Path("data/noisy/oof_probs.parquet"))
 
 
 def main(argv=None) -> int:
     from pipeline.run import run_noise
 
-    return run_stage(__doc__, _args, lambda a, params: run_noise(params, a.ingested, a.out, a.report), argv)
+    return run_stage(
+        __doc__, _args, lambda a, params: run_noise(params, a.ingested, a.out, a.report, a.oof), argv
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def _sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
 def tiny_params(base: dict) -> dict:
     p = json.loads(json.dumps(base))
     p["data"]["max_per_split"] = 150
+    p["noise"].update(estimate_folds=2, estimate_epochs=1)
     p["train"].update(
         epochs=2, image_size=8, batch_size=32, progress=False, model_kwargs={"channels": [8, 16, 32, 64]}
     )

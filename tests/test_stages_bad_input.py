@@ -62,6 +62,8 @@ def noise(params: Path, ingested: Path, out_dir: Path) -> int:
             str(out_dir / "train.parquet"),
             "--report",
             str(out_dir / "noise_report.json"),
+            "--oof",
+            str(out_dir / "oof_probs.parquet"),
         ]
     )
 
@@ -280,7 +282,7 @@ def test_noise_stage_missing_input(tmp_path: Path, capsys) -> None:
 
 # ------------------------------------------------------------------------------------------- good path
 def test_digits_ingest_and_noise_produce_valid_tables(tmp_path: Path, capsys) -> None:
-    params = write_params(tmp_path, {"noise.rate": 0.3})
+    params = write_params(tmp_path, {"noise.rate": 0.3, "train.progress": False})
     ingested, noisy_dir = tmp_path / "data" / "ingested", tmp_path / "data" / "noisy"
     assert ingest(params, ingested) == 0
     assert noise(params, ingested, noisy_dir) == 0
@@ -301,6 +303,7 @@ def test_digits_ingest_and_noise_produce_valid_tables(tmp_path: Path, capsys) ->
     assert report["realised_rate"] == pytest.approx(j["is_noisy"].mean())
     assert sorted(p.name for p in files_under(tmp_path / "data")) == [
         "noise_report.json",
+        "oof_probs.parquet",
         "test.parquet",
         "train.parquet",
         "train.parquet",

@@ -41,9 +41,22 @@ def digits_data(n_train: int = 400, n_test: int = 200, noise: float = 0.0, seed:
     return train, test
 
 
+def fake_oof(train: ImageData, seed: int = 0) -> torch.Tensor:
+    """Out-of-fold-like probabilities: mass 0.7 on the true class, the rest spread at random."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(len(train), 10, generator=g)
+    p = 0.3 * p / p.sum(1, keepdim=True)
+    p[torch.arange(len(train)), train.true_labels] += 0.7
+    return p
+
+
 def make_ctx(train, test, **over) -> TrainContext:
     cfg = TrainParams(**{**TINY, **over})
-    return TrainContext(train, test, cfg, 10, 1, torch.device("cpu"), seed=0)
+    rate = (
+        float((train.labels != train.true_labels).float().mean()) if train.true_labels is not None else None
+    )
+    oof = fake_oof(train) if train.true_labels is not None else None
+    return TrainContext(train, test, cfg, 10, 1, torch.device("cpu"), seed=0, noise_rate=rate, oof_probs=oof)
 
 
 # ------------------------------------------------------------------------------------------ augmentation

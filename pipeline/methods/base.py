@@ -23,11 +23,14 @@ class MethodOutput:
         probs: (N, K) class probabilities of the model the method reports.
         noise_score: (N,) in [0, 1], higher = given label more likely wrong; None = 1 - probs[given].
         extra: further score columns (name -> length-N numpy array or list), e.g. direction pools.
+        flagged: (N,) bool flags when the method decides them itself (e.g. confident learning); None =
+            noise_score >= train.flag_threshold.
     """
 
     probs: torch.Tensor
     noise_score: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    flagged: torch.Tensor | None = None
 
 
 class Method(Protocol):
@@ -89,7 +92,11 @@ def scores_frame(name: str, ctx: TrainContext, out: MethodOutput, flag_threshold
             "pseudo_label": pl.Series(pseudo.cpu().numpy().astype(np.int32)),
             "confidence": pl.Series(conf.cpu().numpy().astype(np.float32)),
             "noise_score": pl.Series(noise.cpu().numpy().astype(np.float32)),
-            "is_flagged": pl.Series(noise.cpu().numpy() >= flag_threshold),
+            "is_flagged": pl.Series(
+                out.flagged.cpu().numpy().astype(bool)
+                if out.flagged is not None
+                else noise.cpu().numpy() >= flag_threshold
+            ),
             "probs": pl.Series(p_np).cast(pl.List(pl.Float32)),
             "grad_similarity": pl.Series([None] * len(given), dtype=pl.Float32),
         }

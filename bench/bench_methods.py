@@ -1,0 +1,142 @@
+"""Benchmark methods against CE on identical data and epochs, in one process.
+
+Prints a Markdown table: final/best test accuracy, detection F1 and AUROC of noise_score (when the truth is
+known) and the ratio of each method's median epoch time to CE's, measured in the same run. Data come from
+params.yaml (ingest + noise in memory; nothing is written except the optional --out JSON).
+
+    python bench/bench_methods.py --epochs 20 --variants ce,coteaching,jocor,jocor3,jocor3c,cl
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.data.memory import load_split  # noqa: E402
+from pipeline.data.sources import ingest  # noqa: E402
+from pipeline.evaluate import detection_metrics  # noqa: E402
+from pipeline.methods import scores_frame  # noqa: E402
+from pipeline.noise import apply_noise  # noqa: E402
+from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
+from pipeline.run import train_method  # noqa: E402
+from pipeline.train import resolve_device  # noqa: E402
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ce": ("ce", {}),
+    "ce2": ("ce", {"nets": 2}),
+    "coteaching": ("coteaching", {}),
+    "jocor": ("jocor", {}),
+    "jocor3": ("jocor", {"nets": 3, "pairs": "all"}),
+    "jocor3c": ("jocor", {"nets": 3, "pairs": "circular"}),
+    "cl": ("cl", {}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per method (default: train.epochs)")
+    ap.add_argument("--variants", default="ce,coteaching,jocor,jocor3,jocor3c,cl")
+    ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = params.train.model_copy(
+        update={"progress": False, "resume": False, **({"epochs": args.epochs} if args.epochs else {})}
+    )
+    params = params.model_copy(update={"train": cfg})
+    device = resolve_device(cfg.device)
+    data = ingest(params.data)
+    k = len(data.class_names)
+    noisy = apply_noise(data.train, k, params.noise, params.seed)
+    truth = None if noisy["true_label"].null_count() else noisy["true_label"].to_numpy()
+    given = noisy["given_label"].to_numpy()
+    train = load_split(data.train, given, cfg.image_size, cfg.channels, device, truth)
+    test = load_split(data.test, data.test["label"].to_numpy(), cfg.image_size, train.images.shape[1], device)
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        oof = out_of_fold_probs(
+            train,
+            cfg,
+            num_classes=k,
+            folds=params.noise.estimate_folds,
+            epochs=params.noise.estimate_epochs,
+            seed=params.seed,
+            device=device,
+        )
+        rate = estimate_noise(train.labels.cpu().numpy(), oof, num_classes=k)["rate"]
+        # warm-up (thread pools, allocator) so the first timed method is not penalised
+        warm = params.model_copy(update={"train": cfg.model_copy(update={"epochs": 1})})
+        train_method("ce", {}, warm, train, test, k, device, None)
+    rows = []
+    for name in args.variants.split(","):
+        method, opts = VARIANTS[name]
+        with contextlib.redirect_stdout(io.StringIO()):
+            m, ctx, res = train_method(
+                method,
+                opts,
+                params,
+                train,
+                test,
+                k,
+                device,
+                None,
+                noise_rate=rate,
+                oof_probs=torch.as_tensor(oof, device=device),
+            )
+        per_epoch = np.diff([0.0] + [r["seconds"] for r in res.log])
+        row = {
+            "variant": name,
+            "method": method,
+            "options": opts,
+            "epochs": len(res.log),
+            "test_acc_last": res.log[-1]["test_acc"],
+            "test_acc_best": max(r["test_acc"] for r in res.log),
+            "seconds": res.seconds,
+            "median_epoch_seconds": float(np.median(per_epoch)),
+        }
+        if truth is not None:
+            f = scores_frame(method, ctx, m.export(), cfg.flag_threshold)
+            d = detection_metrics(
+                truth != train.labels.cpu().numpy(), f["is_flagged"].to_numpy(), f["noise_score"].to_numpy()
+            )
+            row.update(f1=d["f1"], auroc=d["auroc"])
+        rows.append(row)
+        print(f"{name}: {row['seconds']:.1f}s, test acc {row['test_acc_last']:.3f}", file=sys.stderr)
+    # ratios of median epoch times: robust to a stray slow epoch on a shared machine
+    ce = next((r["median_epoch_seconds"] for r in rows if r["variant"] == "ce"), None)
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    realised = float(np.mean(truth != given)) if truth is not None else float("nan")
+    print(
+        f"\n{params.data.source}, {params.noise.kind} {params.noise.rate} (realised {realised:.3f}, "
+        f"estimated {rate:.3f}), {cfg.backbone} {cfg.image_size}px, {cfg.epochs} epochs, {dev} "
+        f"({machine})\n"
+    )
+    print("| variant | test acc (last) | test acc (best) | detection F1 | AUROC | time / CE |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['median_epoch_seconds'] / ce:.2f}×" if ce else "–"
+        print(
+            f"| {r['variant']} | {r['test_acc_last']:.3f} | {r['test_acc_best']:.3f} | "
+            f"{r.get('f1', float('nan')):.3f} | {r.get('auroc', float('nan')):.3f} | {ratio} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "device": dev, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

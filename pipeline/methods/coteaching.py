@@ -1,0 +1,117 @@
+"""Co-teaching (Han et al., NeurIPS 2018): two networks, each trained on its peer's small-loss samples."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from pipeline.config import Strict
+from pipeline.data.memory import ImageData
+from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.methods.selection import forget_rate_at, resolve_forget_rate, small_loss_indices
+from pipeline.models import build_model
+from pipeline.train import EpochResult, TrainContext, make_optimizer, make_scheduler, predict, progress
+
+
+class CoteachingOptions(Strict):
+    """`method.coteaching:` options."""
+
+    forget_rate: float | Literal["auto"] = "auto"  # τ in [0, 1); auto = the estimated noise rate
+    num_gradual: int = Field(10, ge=0)  # T_k: epochs over which R(t) ramps up to τ
+    exponent: float = Field(1.0, gt=0.0)  # c in R(t) = τ·min((t/T_k)^c, 1)
+
+    @field_validator("forget_rate")
+    @classmethod
+    def _forget(cls, v):
+        if v != "auto" and not 0.0 <= v < 1.0:
+            raise ValueError(f"forget_rate must be in [0, 1), got {v}")
+        return v
+
+
+class Coteaching:
+    """Two networks; network A steps on B's small-loss samples and vice versa."""
+
+    def __init__(self, opts: CoteachingOptions, ctx: TrainContext) -> None:
+        self.ctx, self.o = ctx, opts
+        self.tau = resolve_forget_rate(opts.forget_rate, ctx.noise_rate, "method.coteaching.forget_rate")
+        self.nets = [
+            build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device) for i in range(2)
+        ]
+        if ctx.device.type == "cuda":
+            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
+        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+        self.kept_epochs = torch.zeros(len(ctx.train), device=ctx.device)
+        self.epochs_done = 0
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        ctx = self.ctx
+        forget = forget_rate_at(epoch, self.tau, self.o.num_gradual, self.o.exponent)
+        kept = torch.zeros(len(ctx.train), dtype=torch.bool, device=ctx.device)
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), dtype=torch.long, device=ctx.device)
+        seen = 0
+        for n in self.nets:
+            n.train()
+        for idx in progress(ctx.batches(), ctx, f"coteaching e{epoch + 1}"):
+            idx, x, y = ctx.train_batch(idx)
+            with ctx.amp:
+                la, lb = (net(x).float() for net in self.nets)
+            ce_a = F.cross_entropy(la, y, reduction="none")
+            ce_b = F.cross_entropy(lb, y, reduction="none")
+            pick_a, pick_b = small_loss_indices(ce_a, forget), small_loss_indices(ce_b, forget)
+            for opt in self.opts:
+                opt.zero_grad(set_to_none=True)
+            (ce_a[pick_b].mean() + ce_b[pick_a].mean()).backward()  # the two graphs are disjoint
+            for opt in self.opts:
+                opt.step()
+            kept[idx[pick_a]] = True
+            kept[idx[pick_b]] = True
+            loss_sum += ce_a.detach()[pick_b].sum()
+            correct += (la.detach().argmax(-1) == y).sum()
+            seen += len(y)
+        for s in self.scheds:
+            s.step()
+        self.kept_epochs += kept
+        self.epochs_done = epoch + 1
+        return EpochResult(loss_sum / (1.0 - forget), correct, seen, kept, {"forget_rate": forget})
+
+    def predict(self, data: ImageData) -> torch.Tensor:
+        return torch.stack([predict(n, data, self.ctx) for n in self.nets]).mean(0)
+
+    def export(self) -> MethodOutput:
+        frac = (self.kept_epochs / max(self.epochs_done, 1)).cpu().numpy().astype(np.float32)
+        return MethodOutput(self.predict(self.ctx.train), extra={"kept_fraction": frac})
+
+    def lr(self) -> float:
+        return self.opts[0].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": [n.state_dict() for n in self.nets],
+            "opts": [o.state_dict() for o in self.opts],
+            "scheds": [s.state_dict() for s in self.scheds],
+            "kept_epochs": self.kept_epochs,
+            "epochs_done": self.epochs_done,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, s in zip(self.nets, state["nets"], strict=True):
+            n.load_state_dict(s)
+        for o, s in zip(self.opts, state["opts"], strict=True):
+            o.load_state_dict(s)
+        for sc, s in zip(self.scheds, state["scheds"], strict=True):
+            sc.load_state_dict(s)
+        self.kept_epochs = state["kept_epochs"].to(self.ctx.device)
+        self.epochs_done = int(state["epochs_done"])
+
+
+SPEC = register(
+    MethodSpec(
+        "coteaching", CoteachingOptions, Coteaching, "Co-teaching: two networks exchanging small-loss samples"
+    )
+)

@@ -1,0 +1,41 @@
+"""Small-loss selection shared by JoCoR and Co-teaching (plain functions, no state)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pipeline.errors import ConfigError
+
+
+def forget_rate_at(epoch: int, forget_rate: float, num_gradual: int, exponent: float) -> float:
+    """R(t) = τ · min((t / T_k)^c, 1) with t the 0-based epoch: 0 at the start, τ from epoch T_k on."""
+    if num_gradual <= 0:
+        return forget_rate
+    return forget_rate * min((epoch / num_gradual) ** exponent, 1.0)
+
+
+def small_loss_indices(loss: torch.Tensor, forget: float) -> torch.Tensor:
+    """Positions of the ⌊(1 - forget)·B⌋ smallest losses (at least one), ties broken by position.
+
+    Args:
+        loss: (B,) per-sample losses.
+        forget: fraction of the batch to leave out, in [0, 1).
+
+    Returns:
+        (M,) int64 positions into `loss`.
+    """
+    keep = max(int((1.0 - forget) * loss.numel()), 1)
+    return torch.argsort(loss.detach(), stable=True)[:keep]
+
+
+def resolve_forget_rate(value: float | Literal["auto"], estimated: float | None, key: str) -> float:
+    """A number stays; `auto` becomes the estimated noise rate (never the injected truth)."""
+    if value != "auto":
+        return float(value)
+    if estimated is None:
+        raise ConfigError(
+            f"{key}: 'auto' needs the estimated noise rate; set noise.estimate: true or give a number"
+        )
+    return min(max(float(estimated), 0.0), 0.95)
