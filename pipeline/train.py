@@ -97,6 +97,27 @@ class TrainContext:
         return idx, x, self.train.labels[idx]
 
 
+def build_nets(ctx: TrainContext, count: int, first_seed: int | None = None) -> list[nn.Module]:
+    """`count` fresh backbones on `ctx.device` (channels_last on CUDA), seeded first_seed, first_seed + 1, …
+
+    `first_seed` defaults to `ctx.seed`.
+    """
+    from pipeline.models import build_model
+
+    seed = ctx.seed if first_seed is None else first_seed
+    nets = [build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, seed + i) for i in range(count)]
+    nets = [n.to(ctx.device) for n in nets]
+    if ctx.device.type == "cuda":
+        nets = [n.to(memory_format=torch.channels_last) for n in nets]
+    return nets
+
+
+def load_states(objs: Iterable[Any], states: Iterable[dict[str, Any]]) -> None:
+    """`obj.load_state_dict(state)` pairwise (networks, optimisers, schedulers); lengths must match."""
+    for obj, state in zip(objs, states, strict=True):
+        obj.load_state_dict(state)
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainParams) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay), Adam or AdamW from the shared params."""
     if cfg.optimizer == "sgd":

@@ -10,12 +10,13 @@ from pydantic import Field
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.models import build_model
 from pipeline.train import (
     Accumulator,
     EpochResult,
     TrainContext,
+    build_nets,
     ce_step,
+    load_states,
     make_optimizer,
     make_scheduler,
     predict,
@@ -34,12 +35,7 @@ class CrossEntropy:
 
     def __init__(self, opts: CEOptions, ctx: TrainContext) -> None:
         self.ctx = ctx
-        self.nets = [
-            build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device)
-            for i in range(opts.nets)
-        ]
-        if ctx.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.nets = build_nets(ctx, opts.nets)
         self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
 
@@ -74,12 +70,9 @@ class CrossEntropy:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, s in zip(self.nets, state["nets"], strict=True):
-            n.load_state_dict(s)
-        for o, s in zip(self.opts, state["opts"], strict=True):
-            o.load_state_dict(s)
-        for sc, s in zip(self.scheds, state["scheds"], strict=True):
-            sc.load_state_dict(s)
+        load_states(self.nets, state["nets"])
+        load_states(self.opts, state["opts"])
+        load_states(self.scheds, state["scheds"])
 
 
 SPEC = register(MethodSpec("ce", CEOptions, CrossEntropy, "cross-entropy baseline (1 or 2 networks)"))

@@ -16,11 +16,11 @@ from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.errors import ConfigError
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.models import build_model
 from pipeline.train import (
     Accumulator,
     EpochResult,
     TrainContext,
+    build_nets,
     ce_step,
     make_optimizer,
     make_scheduler,
@@ -63,9 +63,7 @@ class ConfidentLearning:
         self.keep = torch.as_tensor(np.flatnonzero(~flags), dtype=torch.long)
         if len(self.keep) < 2:
             raise ConfigError("method.cl: cleanlab flagged (almost) every sample; nothing left to train on")
-        self.net = build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed).to(ctx.device)
-        if ctx.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        (self.net,) = build_nets(ctx, 1)
         self.opt = make_optimizer(self.net.parameters(), ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
 

@@ -13,8 +13,16 @@ from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.methods.selection import forget_rate_at, resolve_forget_rate, small_loss_indices
-from pipeline.models import build_model
-from pipeline.train import EpochResult, TrainContext, make_optimizer, make_scheduler, predict, progress
+from pipeline.train import (
+    EpochResult,
+    TrainContext,
+    build_nets,
+    load_states,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    progress,
+)
 
 
 class CoteachingOptions(Strict):
@@ -38,11 +46,7 @@ class Coteaching:
     def __init__(self, opts: CoteachingOptions, ctx: TrainContext) -> None:
         self.ctx, self.o = ctx, opts
         self.tau = resolve_forget_rate(opts.forget_rate, ctx.noise_rate, "method.coteaching.forget_rate")
-        self.nets = [
-            build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device) for i in range(2)
-        ]
-        if ctx.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.nets = build_nets(ctx, 2)
         self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
         self.kept_epochs = torch.zeros(len(ctx.train), device=ctx.device)
@@ -100,12 +104,9 @@ class Coteaching:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, s in zip(self.nets, state["nets"], strict=True):
-            n.load_state_dict(s)
-        for o, s in zip(self.opts, state["opts"], strict=True):
-            o.load_state_dict(s)
-        for sc, s in zip(self.scheds, state["scheds"], strict=True):
-            sc.load_state_dict(s)
+        load_states(self.nets, state["nets"])
+        load_states(self.opts, state["opts"])
+        load_states(self.scheds, state["scheds"])
         self.kept_epochs = state["kept_epochs"].to(self.ctx.device)
         self.epochs_done = int(state["epochs_done"])
 

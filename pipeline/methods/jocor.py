@@ -19,8 +19,16 @@ from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.methods.selection import forget_rate_at, resolve_forget_rate, small_loss_indices
-from pipeline.models import build_model
-from pipeline.train import EpochResult, TrainContext, make_optimizer, make_scheduler, predict, progress
+from pipeline.train import (
+    EpochResult,
+    TrainContext,
+    build_nets,
+    load_states,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    progress,
+)
 
 
 class JoCoROptions(Strict):
@@ -95,12 +103,7 @@ class JoCoR:
         self.lam = (
             float(opts.lam) if opts.lam != "auto" else auto_lambda(ctx.noise_rate, opts.nets, len(self.pairs))
         )
-        self.nets = [
-            build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, ctx.seed + i).to(ctx.device)
-            for i in range(opts.nets)
-        ]
-        if ctx.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.nets = build_nets(ctx, opts.nets)
         self.opt = make_optimizer([p for n in self.nets for p in n.parameters()], ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
         n = len(ctx.train)
@@ -170,8 +173,7 @@ class JoCoR:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, s in zip(self.nets, state["nets"], strict=True):
-            n.load_state_dict(s)
+        load_states(self.nets, state["nets"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.kept_epochs = state["kept_epochs"].to(self.ctx.device)
