@@ -1,0 +1,326 @@
+"""GAL: the planted agreement gate, CDAS batches, the cosines, and the method under the epoch driver."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from test_train import digits_data, make_ctx
+from torch import nn
+
+from pipeline.methods import REGISTRY, scores_frame
+from pipeline.methods.gal import (
+    CDASampler,
+    GALOptions,
+    agreement_update,
+    masked_step,
+    pair_cosines,
+    unit_cosines,
+)
+from pipeline.schemas import SCORES
+from pipeline.train import fit
+from pipeline.validation import validate
+
+
+# ------------------------------------------------------------------------------------------ planted gate
+def _twins(opt_cls=torch.optim.SGD, **kw):
+    """Two identical Linear-Linear nets with optimisers that already hold state from one shared step."""
+    torch.manual_seed(0)
+    net_a = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    net_b = copy.deepcopy(net_a)
+    kw = kw or dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_a, opt_b = opt_cls(net_a.parameters(), **kw), opt_cls(net_b.parameters(), **kw)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        g = torch.randn_like(pa)
+        pa.grad, pb.grad = g.clone(), g.clone()
+    opt_a.step()
+    opt_b.step()
+    return net_a, net_b, opt_a, opt_b
+
+
+def _snap(net, opt):
+    return [p.detach().clone() for p in net.parameters()], [
+        {k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()
+    ]
+
+
+def test_planted_disagreeing_tensor_is_frozen_bit_for_bit_with_momentum_and_weight_decay():
+    net_a, net_b, opt_a, opt_b = _twins()
+    pa, pb = list(net_a.parameters()), list(net_b.parameters())
+    for opt, params in ((opt_a, pa), (opt_b, pb)):  # a previous step left non-zero momentum buffers
+        assert all(opt.state[p]["momentum_buffer"].abs().sum() > 0 for p in params)
+    # tensor 0 (first weight): opposite gradients (cos -1); every other tensor: the same gradient (cos 1)
+    torch.manual_seed(1)
+    for i, (a, b) in enumerate(zip(pa, pb, strict=True)):
+        g = torch.randn_like(a)
+        a.grad, b.grad = g.clone(), (-g if i == 0 else g.clone())
+    before_a, before_b = _snap(net_a, opt_a), _snap(net_b, opt_b)
+    stats = agreement_update(opt_a, opt_b, pa, pb, tau=0.4, granularity="tensor")
+    for net, opt, (params0, state0) in ((net_a, opt_a, before_a), (net_b, opt_b, before_b)):
+        params = list(net.parameters())
+        assert torch.equal(params[0], params0[0])  # disagreeing: untouched (no step, no weight decay)
+        assert torch.equal(opt.state[params[0]]["momentum_buffer"], state0[0]["momentum_buffer"])
+        for i in (1, 2, 3):  # agreeing tensors moved, momentum too
+            assert not torch.equal(params[i], params0[i])
+            assert not torch.equal(opt.state[params[i]]["momentum_buffer"], state0[i]["momentum_buffer"])
+    for i in (1, 2, 3):  # same gradient, same start: the twins stay identical where updated
+        assert torch.equal(pa[i], pb[i])
+    total = sum(p.numel() for p in pa)
+    assert stats.updated.item() == pytest.approx((total - pa[0].numel()) / total)
+    assert stats.gate.item() == pytest.approx(stats.updated.item())
+
+
+def test_planted_gate_per_channel():
+    net_a, net_b, opt_a, opt_b = _twins()
+    pa, pb = list(net_a.parameters()), list(net_b.parameters())
+    for a, b in zip(pa, pb, strict=True):
+        g = torch.randn_like(a)
+        a.grad, b.grad = g.clone(), g.clone()
+    pb[0].grad[1] = -pa[0].grad[1]  # row 1 of the first weight disagrees, rows 0 and 2 agree
+    w0, buf0 = pa[0].detach().clone(), opt_a.state[pa[0]]["momentum_buffer"].clone()
+    agreement_update(opt_a, opt_b, pa, pb, tau=0.4, granularity="channel")
+    for p, opt in ((pa[0], opt_a), (pb[0], opt_b)):
+        assert torch.equal(p[1], w0[1]) and torch.equal(opt.state[p]["momentum_buffer"][1], buf0[1])
+        assert not torch.equal(p[0], w0[0]) and not torch.equal(p[2], w0[2])
+
+
+def test_masked_step_restores_adam_state_and_fresh_state():
+    net_a, _, opt_a, _ = _twins(torch.optim.Adam, lr=0.01, weight_decay=5e-4)
+    params = list(net_a.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = _snap(net_a, opt_a)
+    masks = [torch.tensor(False)] + [torch.tensor(True)] * 3
+    masked_step(opt_a, params, masks)
+    assert torch.equal(params[0], before[0][0])
+    assert all(torch.equal(opt_a.state[params[0]][k], v) for k, v in before[1][0].items())
+    assert not torch.equal(params[1], before[0][1])
+    # a fresh SGD optimiser: a blocked tensor gets a zero momentum buffer (same as none) and no change
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    w = net.weight.detach().clone()
+    net.weight.grad, net.bias.grad = torch.ones_like(net.weight), torch.ones_like(net.bias)
+    masked_step(opt, [net.weight, net.bias], [torch.tensor(False), torch.tensor(True)])
+    assert torch.equal(net.weight, w) and not opt.state[net.weight]["momentum_buffer"].any()
+
+
+# ------------------------------------------------------------------------------------------------ CDAS
+def _labels(n=203, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.multinomial(torch.tensor([0.4, 0.25, 0.15, 0.15, 0.05]), n, True, generator=g)[:n] % k
+
+
+def _epoch(mode, labels, bs=16, seed=0):
+    s = CDASampler(labels, 5, bs, mode)
+    return list(s.epoch(torch.Generator().manual_seed(seed)))
+
+
+def test_cdas_pairs_match_classes_are_disjoint_reverse_and_cover_the_same_multiset():
+    labels = _labels()
+    pairs = _epoch("cdas", labels)
+    assert len(pairs) >= 8 and len(pairs) % 2 == 0
+    for a, b in pairs:
+        assert torch.equal(torch.bincount(labels[a], minlength=5), torch.bincount(labels[b], minlength=5))
+        assert not set(a.tolist()) & set(b.tolist())
+        assert len(a) >= 2
+    for k in range(0, len(pairs), 2):  # step 2 (4) is step 1 (3) reversed
+        assert torch.equal(pairs[k + 1][0], pairs[k][1]) and torch.equal(pairs[k + 1][1], pairs[k][0])
+    seen_a = Counter(torch.cat([a for a, _ in pairs]).tolist())
+    seen_b = Counter(torch.cat([b for _, b in pairs]).tolist())
+    assert seen_a == seen_b
+    assert len(seen_a) > 0.9 * len(labels)  # one pass over (nearly) all data
+    # steps 1 and 3: the random side is X^a in step 1 and X^b in step 3; both sizes equal the batch
+    assert len(pairs[0][0]) == 16 and len(pairs[2][1]) == 16
+
+
+def test_cdas_no_reverse_identical_and_random():
+    labels = _labels()
+    nr = _epoch("cdas_no_reverse", labels)
+    for (a, b), (a2, _) in zip(nr, nr[1:], strict=False):
+        assert torch.equal(torch.bincount(labels[a], minlength=5), torch.bincount(labels[b], minlength=5))
+        assert not set(a.tolist()) & set(b.tolist())
+        assert not torch.equal(a2, b)  # no reversed step
+    ident = _epoch("identical", labels)
+    assert all(torch.equal(a, b) for a, b in ident)
+    assert sorted(torch.cat([a for a, _ in ident]).tolist()) == list(range(len(labels)))
+    rnd = _epoch("random", labels)
+    for side in (0, 1):  # each network makes its own full pass
+        assert sorted(torch.cat([p[side] for p in rnd]).tolist()) == list(range(len(labels)))
+    assert not any(torch.equal(a, b) for a, b in rnd)
+    assert sum(len(set(a.tolist()) & set(b.tolist())) for a, b in rnd) < len(labels) // 2
+
+
+def test_cdas_class_short_falls_back_and_state_round_trips():
+    labels = torch.tensor([0] * 30 + [1] * 3)  # class 1 is nearly exhausted at once
+    s = CDASampler(labels, 2, 8, "cdas")
+    gen = torch.Generator().manual_seed(3)
+    pairs = list(s.epoch(gen))
+    for a, b in pairs:
+        assert torch.equal(torch.bincount(labels[a], minlength=2), torch.bincount(labels[b], minlength=2))
+        assert not set(a.tolist()) & set(b.tolist())
+    # resume mid-epoch from the state + generator
+    s = CDASampler(labels, 2, 8, "cdas")
+    gen = torch.Generator().manual_seed(5)
+    s.start_epoch()
+    head = [s.next(gen) for _ in range(3)]
+    st, gst = copy.deepcopy(s.state_dict()), gen.get_state()
+    tail = [s.next(gen) for _ in range(3)]
+    s2 = CDASampler(labels, 2, 8, "cdas")
+    s2.load_state_dict(st)
+    gen2 = torch.Generator()
+    gen2.set_state(gst)
+    assert head
+    for x, y in zip(tail, [s2.next(gen2) for _ in range(3)], strict=True):
+        assert (x is None and y is None) or all(torch.equal(u, v) for u, v in zip(x, y, strict=True))
+
+
+# --------------------------------------------------------------------------------------------- cosines
+def test_cosines_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4, 2, 2), (3,), (5, 6), ()]
+    va = [torch.randn(s, generator=g) for s in shapes]
+    vb = [torch.randn(s, generator=g) for s in shapes]
+    vb[2][1] = 0.0  # a zero row: cosine 0 by convention
+    vb[1] = 2.5 * va[1]  # parallel: cosine 1
+    tensor = pair_cosines(va, vb, "tensor")
+    for c, a, b in zip(tensor, va, vb, strict=True):
+        assert c.shape == () and c.item() == pytest.approx(
+            F.cosine_similarity(a.flatten(), b.flatten(), 0).item(), abs=1e-6
+        )
+    assert tensor[1].item() == pytest.approx(1.0, abs=1e-6)
+    channel = pair_cosines(va, vb, "channel")
+    for c, a, b in zip(channel, va, vb, strict=True):
+        rows = a.shape[0] if a.dim() else 1
+        ref = F.cosine_similarity(a.reshape(rows, -1), b.reshape(rows, -1), dim=1, eps=1e-30)
+        assert torch.allclose(c.reshape(-1), ref, atol=1e-6)
+    assert channel[2][1].item() == 0.0
+    element = pair_cosines(va, vb, "element")
+    for c, a, b in zip(element, va, vb, strict=True):
+        assert c.shape == a.shape and torch.equal(c, torch.sign(a * b))
+    cos, sizes = unit_cosines(va, vb, "channel")
+    assert len(cos) == 3 + 3 + 5 + 1 and sizes.tolist() == [16] * 3 + [1] * 3 + [6] * 5 + [1]
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def trained():
+    train, test = digits_data(96, 32, noise=0.4)
+    ctx = make_ctx(train, test, epochs=3)
+    opts = GALOptions(warmup_epochs=1)
+    method = REGISTRY["gal"].build(opts, ctx)
+    res = fit(method, ctx, name="gal", epochs=3)
+    return method, ctx, res, opts
+
+
+def test_gal_runs_logs_agreement_and_round_trips_state(trained):
+    method, ctx, res, opts = trained
+    assert [r["epoch"] for r in res.log] == [1, 2, 3]
+    assert np.isnan(res.log[0]["agreement_ratio"])
+    assert all(0.0 <= r["agreement_ratio"] <= 1.0 for r in res.log[1:])
+    assert all(np.isfinite(r["c_loss"]) and np.isfinite(r["train_loss"]) for r in res.log[1:])
+    log = method.step_log
+    assert len(log) == method.steps > 0 and [r["step"] for r in log] == list(range(len(log)))
+    assert {r["epoch"] for r in log} == {1, 2}
+    assert all(r["agreement_ratio"] == r["gate_ratio"] for r in log)
+    for e in (1, 2):
+        mean = np.mean([r["agreement_ratio"] for r in log if r["epoch"] == e])
+        assert res.log[e]["agreement_ratio"] == pytest.approx(mean, rel=1e-5)
+    out = method.export()
+    assert out.probs.shape == (96, 10)
+    assert torch.allclose(out.probs, method.predict(ctx.train))
+    assert set(out.extra) == {"joint_pseudo_label", "joint_confidence", "ab_disagree"}
+    clone = REGISTRY["gal"].build(opts, ctx)
+    clone.load_state_dict(method.state_dict())
+    assert torch.equal(clone.predict(ctx.test), method.predict(ctx.test))
+    assert clone.step_log == method.step_log and clone.cloned
+    for x, y in zip(clone.a.parameters(), method.a.parameters(), strict=True):
+        assert torch.equal(x, y)
+    assert clone.lr() == method.lr()
+
+
+def test_scores_frame_with_the_joint_columns_validates(trained):
+    method, ctx, _, _ = trained
+    out = method.export()
+    frame = scores_frame("gal", ctx, out, 0.5)
+    validate(frame, SCORES, 10, "x")
+    assert frame["ab_disagree"].dtype == pl.Boolean
+    conf = frame["joint_confidence"].to_numpy()
+    assert conf.dtype == np.float32 and (conf > 0).all() and (conf <= 1).all()
+    pl_ = frame["joint_pseudo_label"].to_numpy()
+    assert pl_.dtype == np.int32 and ((pl_ >= 0) & (pl_ < 10)).all()
+    assert frame["pseudo_label"].to_list() == method.predict(ctx.train).argmax(-1).tolist()  # θC's
+
+
+def test_clone_gives_identical_twins_and_identical_sampling_keeps_them_identical():
+    train, test = digits_data(64, 16)
+    ctx = make_ctx(train, test, epochs=2)
+    method = REGISTRY["gal"].build(GALOptions(warmup_epochs=1, sampling="identical"), ctx)
+    method.train_epoch(0)
+    assert not method.cloned
+    method._clone()
+    for x, y, z in zip(method.a.parameters(), method.b.parameters(), method.theta.parameters(), strict=True):
+        assert torch.equal(x, y) and torch.equal(x, z) and x is not z
+    assert method.lr() == method.opt.param_groups[0]["lr"] and not method.opt_a.state
+    res = method.train_epoch(1)  # same batch, same augmentation, same weights: full agreement
+    assert res.extra["agreement_ratio"] > 0.99
+    for x, y in zip(method.a.parameters(), method.b.parameters(), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        dict(update="random"),
+        dict(agreement_on="update", granularity="channel"),
+        dict(granularity="element", third_net=False, sampling="random"),
+        dict(sampling="cdas_no_reverse", tau=1.0),
+    ],
+)
+def test_option_variants_run(over):
+    train, test = digits_data(64, 16, noise=0.4)
+    ctx = make_ctx(train, test, epochs=1)
+    opts = GALOptions(warmup_epochs=0, **over)
+    method = REGISTRY["gal"].build(opts, ctx)
+    res = fit(method, ctx, name="gal", epochs=1)
+    assert 0.0 <= res.log[0]["agreement_ratio"] <= 1.0
+    assert all(0.0 <= r["agreement_ratio"] <= 1.0 and 0.0 <= r["gate_ratio"] <= 1.0 for r in method.step_log)
+    probs = method.predict(test)
+    assert probs.shape == (16, 10) and torch.allclose(probs.sum(-1), torch.ones(16), atol=1e-5)
+    if not opts.third_net:
+        assert method.c is None
+    clone = REGISTRY["gal"].build(opts, ctx)
+    clone.load_state_dict(method.state_dict())
+    assert torch.equal(clone.predict(test), probs)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _gal_run(tmp_path, kill_after=None):
+    train, test = digits_data(96, 32, noise=0.4)
+    ctx = make_ctx(train, test, epochs=4)
+    method = REGISTRY["gal"].build(GALOptions(warmup_epochs=1, update="random"), ctx)
+
+    def on_epoch(row):
+        if row["epoch"] == kill_after:
+            raise _Killed
+
+    kw = dict(name="gal", epochs=4, checkpoint=tmp_path / "gal.pt", fingerprint="fp", resume=True)
+    return fit(method, ctx, on_epoch=on_epoch, **kw), method
+
+
+def test_resume_after_the_clone_matches_the_uninterrupted_run(tmp_path):
+    full, m_full = _gal_run(tmp_path / "a")
+    with pytest.raises(_Killed):
+        _gal_run(tmp_path / "b", kill_after=3)  # killed after two post-warm-up epochs
+    res, m_res = _gal_run(tmp_path / "b")
+    assert [r["epoch"] for r in res.log] == [1, 2, 3, 4]
+    assert m_res.step_log == m_full.step_log
+    assert torch.equal(m_res.predict(m_res.ctx.test), m_full.predict(m_full.ctx.test))
+    assert [r["agreement_ratio"] for r in res.log[1:]] == [r["agreement_ratio"] for r in full.log[1:]]
