@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -338,7 +337,3 @@ def fit(
 def progress(it: Iterable, ctx: TrainContext, desc: str, total: int | None = None) -> Iterable:
     """tqdm over `it` when `train.progress` is on."""
     return tqdm(it, desc=desc, total=total, leave=False, disable=not ctx.cfg.progress, mininterval=0.5)
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
