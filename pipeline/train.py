@@ -160,6 +160,11 @@ def predict(
     return torch.cat(out) if out else torch.empty(0, ctx.num_classes, device=ctx.device)
 
 
+def predict_mean(nets: list[nn.Module], data: ImageData, ctx: TrainContext) -> torch.Tensor:
+    """Mean of several networks' softmax probabilities (N, K) — the ensemble a co-training method reports."""
+    return torch.stack([predict(n, data, ctx) for n in nets]).mean(0)
+
+
 def ce_step(
     model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,11 +183,13 @@ class EpochResult:
     """What a method reports for one epoch (tensors stay on device until the driver logs them).
 
     Attributes:
-        loss_sum: summed training loss over samples seen.
+        loss_sum: summed training loss over the samples it was taken on.
         correct: training predictions equal to the given label.
         seen: samples seen.
         kept: (N,) bool mask of samples the method trained on this epoch, None = all.
         extra: further per-epoch figures for the log (floats).
+        loss_count: how many per-sample losses `loss_sum` adds up (None = `seen`); the log's train_loss
+            is loss_sum / loss_count, the mean loss of the samples trained on.
     """
 
     loss_sum: torch.Tensor
@@ -190,6 +197,7 @@ class EpochResult:
     seen: int
     kept: torch.Tensor | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    loss_count: int | None = None
 
 
 class Accumulator:
@@ -199,14 +207,18 @@ class Accumulator:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.seen = 0
+        self.loss_count = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss += loss.sum()
-        self.correct += (logits.argmax(-1) == y).sum()
+        """loss: (M,) per-sample losses actually trained on (M ≤ B, e.g. a small-loss pick);
+        logits (B, K) and y (B,) of the whole batch for the accuracy."""
+        self.loss += loss.detach().sum()
+        self.loss_count += loss.numel()
+        self.correct += (logits.detach().argmax(-1) == y).sum()
         self.seen += len(y)
 
     def result(self, kept: torch.Tensor | None = None, **extra: float) -> EpochResult:
-        return EpochResult(self.loss, self.correct, self.seen, kept, dict(extra))
+        return EpochResult(self.loss, self.correct, self.seen, kept, dict(extra), self.loss_count)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -301,7 +313,7 @@ def fit(
                 precision = (clean & k).sum().item() / max(int(k.sum().item()), 1)
             row = {
                 "epoch": epoch + 1,
-                "train_loss": res.loss_sum.item() / max(res.seen, 1),
+                "train_loss": res.loss_sum.item() / max(res.loss_count or res.seen, 1),
                 "train_acc": res.correct.item() / max(res.seen, 1),
                 "test_acc": test_acc,
                 "kept_fraction": kept_frac,

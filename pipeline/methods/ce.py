@@ -19,7 +19,7 @@ from pipeline.train import (
     load_states,
     make_optimizer,
     make_scheduler,
-    predict,
+    predict_mean,
     progress,
 )
 
@@ -54,7 +54,7 @@ class CrossEntropy:
         return acc.result()
 
     def predict(self, data: ImageData) -> torch.Tensor:
-        return torch.stack([predict(n, data, self.ctx) for n in self.nets]).mean(0)
+        return predict_mean(self.nets, data, self.ctx)
 
     def export(self) -> MethodOutput:
         return MethodOutput(self.predict(self.ctx.train))

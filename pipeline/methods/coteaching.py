@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
@@ -12,15 +11,16 @@ from pydantic import Field, field_validator
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.methods.selection import forget_rate_at, resolve_forget_rate, small_loss_indices
+from pipeline.methods.selection import KeptTracker, forget_rate_at, resolve_forget_rate, small_loss_indices
 from pipeline.train import (
+    Accumulator,
     EpochResult,
     TrainContext,
     build_nets,
     load_states,
     make_optimizer,
     make_scheduler,
-    predict,
+    predict_mean,
     progress,
 )
 
@@ -49,16 +49,12 @@ class Coteaching:
         self.nets = build_nets(ctx, 2)
         self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
-        self.kept_epochs = torch.zeros(len(ctx.train), device=ctx.device)
-        self.epochs_done = 0
+        self.kept = KeptTracker(len(ctx.train), ctx.device)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         ctx = self.ctx
         forget = forget_rate_at(epoch, self.tau, self.o.num_gradual, self.o.exponent)
-        kept = torch.zeros(len(ctx.train), dtype=torch.bool, device=ctx.device)
-        loss_sum = torch.zeros((), device=ctx.device)
-        correct = torch.zeros((), dtype=torch.long, device=ctx.device)
-        seen = 0
+        kept, acc = self.kept.new_epoch(), Accumulator(ctx.device)
         for n in self.nets:
             n.train()
         for idx in progress(ctx.batches(), ctx, f"coteaching e{epoch + 1}"):
@@ -75,21 +71,17 @@ class Coteaching:
                 opt.step()
             kept[idx[pick_a]] = True
             kept[idx[pick_b]] = True
-            loss_sum += ce_a.detach()[pick_b].sum()
-            correct += (la.detach().argmax(-1) == y).sum()
-            seen += len(y)
+            acc.add(ce_a[pick_b], la, y)  # the log follows network A on its peer's pick
         for s in self.scheds:
             s.step()
-        self.kept_epochs += kept
-        self.epochs_done = epoch + 1
-        return EpochResult(loss_sum / (1.0 - forget), correct, seen, kept, {"forget_rate": forget})
+        self.kept.end_epoch(kept)
+        return acc.result(kept, forget_rate=forget)
 
     def predict(self, data: ImageData) -> torch.Tensor:
-        return torch.stack([predict(n, data, self.ctx) for n in self.nets]).mean(0)
+        return predict_mean(self.nets, data, self.ctx)
 
     def export(self) -> MethodOutput:
-        frac = (self.kept_epochs / max(self.epochs_done, 1)).cpu().numpy().astype(np.float32)
-        return MethodOutput(self.predict(self.ctx.train), extra={"kept_fraction": frac})
+        return MethodOutput(self.predict(self.ctx.train), extra={"kept_fraction": self.kept.fraction()})
 
     def lr(self) -> float:
         return self.opts[0].param_groups[0]["lr"]
@@ -99,16 +91,14 @@ class Coteaching:
             "nets": [n.state_dict() for n in self.nets],
             "opts": [o.state_dict() for o in self.opts],
             "scheds": [s.state_dict() for s in self.scheds],
-            "kept_epochs": self.kept_epochs,
-            "epochs_done": self.epochs_done,
+            "kept": self.kept.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_states(self.nets, state["nets"])
         load_states(self.opts, state["opts"])
         load_states(self.scheds, state["scheds"])
-        self.kept_epochs = state["kept_epochs"].to(self.ctx.device)
-        self.epochs_done = int(state["epochs_done"])
+        self.kept.load_state_dict(state["kept"])
 
 
 SPEC = register(

@@ -18,15 +18,16 @@ from pydantic import Field, field_validator
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.methods.selection import forget_rate_at, resolve_forget_rate, small_loss_indices
+from pipeline.methods.selection import KeptTracker, forget_rate_at, resolve_forget_rate, small_loss_indices
 from pipeline.train import (
+    Accumulator,
     EpochResult,
     TrainContext,
     build_nets,
     load_states,
     make_optimizer,
     make_scheduler,
-    predict,
+    predict_mean,
     progress,
 )
 
@@ -106,18 +107,13 @@ class JoCoR:
         self.nets = build_nets(ctx, opts.nets)
         self.opt = make_optimizer([p for n in self.nets for p in n.parameters()], ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
-        n = len(ctx.train)
-        self.kept_epochs = torch.zeros(n, device=ctx.device)
-        self.last_loss = torch.full((n,), float("nan"), device=ctx.device)
-        self.epochs_done = 0
+        self.kept = KeptTracker(len(ctx.train), ctx.device)
+        self.last_loss = torch.full((len(ctx.train),), float("nan"), device=ctx.device)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         ctx = self.ctx
         forget = forget_rate_at(epoch, self.tau, self.o.num_gradual, self.o.exponent)
-        kept = torch.zeros(len(ctx.train), dtype=torch.bool, device=ctx.device)
-        loss_sum = torch.zeros((), device=ctx.device)
-        correct = torch.zeros((), dtype=torch.long, device=ctx.device)
-        seen = 0
+        kept, acc = self.kept.new_epoch(), Accumulator(ctx.device)
         for n in self.nets:
             n.train()
         for idx in progress(ctx.batches(), ctx, f"jocor e{epoch + 1}"):
@@ -132,30 +128,20 @@ class JoCoR:
             self.opt.step()
             kept[idx[pick]] = True
             self.last_loss[idx] = ell.detach()
-            loss_sum += ell.detach()[pick].sum()
-            correct += (logits[0].detach().argmax(-1) == y).sum()
-            seen += len(y)
+            acc.add(ell[pick], logits[0], y)  # accuracy follows the first network
         self.sched.step()
-        self.kept_epochs += kept
-        self.epochs_done = epoch + 1
-        return EpochResult(
-            loss_sum * seen / max(int(kept.sum()), 1),
-            correct,
-            seen,
-            kept,
-            {"forget_rate": forget, "lambda": self.lam},
-        )
+        self.kept.end_epoch(kept)
+        return acc.result(kept, forget_rate=forget, **{"lambda": self.lam})
 
     def predict(self, data: ImageData) -> torch.Tensor:
-        return torch.stack([predict(n, data, self.ctx) for n in self.nets]).mean(0)
+        return predict_mean(self.nets, data, self.ctx)
 
     def export(self) -> MethodOutput:
-        frac = (self.kept_epochs / max(self.epochs_done, 1)).cpu().numpy().astype(np.float32)
         return MethodOutput(
             self.predict(self.ctx.train),
             extra={
                 "joint_loss": self.last_loss.cpu().numpy().astype(np.float32),
-                "kept_fraction": frac,
+                "kept_fraction": self.kept.fraction(),
             },
         )
 
@@ -167,18 +153,16 @@ class JoCoR:
             "nets": [n.state_dict() for n in self.nets],
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
-            "kept_epochs": self.kept_epochs,
+            "kept": self.kept.state_dict(),
             "last_loss": self.last_loss,
-            "epochs_done": self.epochs_done,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_states(self.nets, state["nets"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
-        self.kept_epochs = state["kept_epochs"].to(self.ctx.device)
+        self.kept.load_state_dict(state["kept"])
         self.last_loss = state["last_loss"].to(self.ctx.device)
-        self.epochs_done = int(state["epochs_done"])
 
 
 SPEC = register(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
@@ -39,3 +40,31 @@ def resolve_forget_rate(value: float | Literal["auto"], estimated: float | None,
             f"{key}: 'auto' needs the estimated noise rate; set noise.estimate: true or give a number"
         )
     return min(max(float(estimated), 0.0), 0.95)
+
+
+class KeptTracker:
+    """How often each training sample was selected: one (N,) bool mask per epoch, summed over epochs."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.counts = torch.zeros(n, device=device)
+        self.epochs = 0
+        self.device = device
+
+    def new_epoch(self) -> torch.Tensor:
+        """A fresh (N,) False mask for the methods to set kept samples in."""
+        return torch.zeros(len(self.counts), dtype=torch.bool, device=self.device)
+
+    def end_epoch(self, kept: torch.Tensor) -> None:
+        self.counts += kept
+        self.epochs += 1
+
+    def fraction(self) -> np.ndarray:
+        """(N,) float32 share of the epochs each sample was kept in."""
+        return (self.counts / max(self.epochs, 1)).cpu().numpy().astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"counts": self.counts, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = state["counts"].to(self.device)
+        self.epochs = int(state["epochs"])
