@@ -1,7 +1,9 @@
 """Benchmark methods against CE on identical data and epochs, in one process.
 
 Prints a Markdown table: final/best test accuracy, detection F1 and AUROC of noise_score (when the truth is
-known) and the ratio of each method's median epoch time to CE's, measured in the same run. Data come from
+known), the ratio of each method's median epoch time and of its total training time (all epochs, GAL's
+warm-up included) to CE's, measured in the same run, and the arithmetic floor of that ratio
+(`cost_floor`). Data come from
 params.yaml (ingest + noise in memory; nothing is written except the optional --out JSON).
 
     python bench/bench_methods.py --epochs 20 --variants ce,coteaching,jocor,jocor3,jocor3c,cl
@@ -42,7 +44,29 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "jocor3": ("jocor", {"nets": 3, "pairs": "all"}),
     "jocor3c": ("jocor", {"nets": 3, "pairs": "circular"}),
     "cl": ("cl", {}),
+    "gal": ("gal", {}),
+    "gal_noc": ("gal", {"third_net": False}),  # θA + θB + agreement (Table 4)
+    "gal_random": ("gal", {"third_net": False, "update": "random"}),  # θA + θB + random updating
+    "gal_cdas_no_reverse": ("gal", {"sampling": "cdas_no_reverse"}),  # Table 5 rows
+    "gal_random_sampling": ("gal", {"sampling": "random"}),
+    "gal_identical": ("gal", {"sampling": "identical"}),
 }
+
+
+def cost_floor(method: str, opts: dict, epochs: int) -> float:
+    """Arithmetic floor of a method's time / CE's, counting one CE step (forward + backward) as 1 and an
+    inference-only forward as 1/3 of it, over `epochs` epochs.
+
+    GAL: its warm-up trains one network (1); afterwards A and B each step (2), and θC steps (1) after
+    two eval forwards of A and B on its batch (2/3): (warm-up + 3.67 × rest) / epochs with θC, 2 without.
+    """
+    if method == "gal":
+        warm = min(opts.get("warmup_epochs", 5), epochs)
+        per = 2.0 + (1.0 + 2 / 3 if opts.get("third_net", True) else 0.0)
+        return (warm + per * (epochs - warm)) / epochs
+    if method in ("jocor", "ce"):
+        return float(opts.get("nets", 2 if method == "jocor" else 1))
+    return {"coteaching": 2.0}.get(method, 1.0)
 
 
 def main() -> None:
@@ -50,6 +74,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per method (default: train.epochs)")
     ap.add_argument("--variants", default="ce,coteaching,jocor,jocor3,jocor3c,cl")
+    ap.add_argument("--noise-rate", type=float, default=None, help="override noise.rate")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     params = load_params(args.params)
@@ -57,6 +82,10 @@ def main() -> None:
         update={"progress": False, "resume": False, **({"epochs": args.epochs} if args.epochs else {})}
     )
     params = params.model_copy(update={"train": cfg})
+    if args.noise_rate is not None:
+        params = params.model_copy(
+            update={"noise": params.noise.model_copy(update={"rate": args.noise_rate})}
+        )
     device = resolve_device(cfg.device)
     data = ingest(params.data)
     k = len(data.class_names)
@@ -117,6 +146,7 @@ def main() -> None:
         print(f"{name}: {row['seconds']:.1f}s, test acc {row['test_acc_last']:.3f}", file=sys.stderr)
     # ratios of median epoch times: robust to a stray slow epoch on a shared machine
     ce = next((r["median_epoch_seconds"] for r in rows if r["variant"] == "ce"), None)
+    ce_total = next((r["seconds"] for r in rows if r["variant"] == "ce"), None)
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -126,13 +156,19 @@ def main() -> None:
         f"estimated {rate:.3f}), {cfg.backbone} {cfg.image_size}px, {cfg.epochs} epochs, {dev} "
         f"({machine})\n"
     )
-    print("| variant | test acc (last) | test acc (best) | detection F1 | AUROC | time / CE |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | test acc (last) | test acc (best) | detection F1 | AUROC | epoch time / CE "
+        "| total time / CE | floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['median_epoch_seconds'] / ce:.2f}×" if ce else "–"
+        total = f"{r['seconds'] / ce_total:.2f}×" if ce_total else "–"
+        r["floor"] = cost_floor(r["method"], r["options"], r["epochs"])
         print(
             f"| {r['variant']} | {r['test_acc_last']:.3f} | {r['test_acc_best']:.3f} | "
-            f"{r.get('f1', float('nan')):.3f} | {r.get('auroc', float('nan')):.3f} | {ratio} |"
+            f"{r.get('f1', float('nan')):.3f} | {r.get('auroc', float('nan')):.3f} | {ratio} | {total} | "
+            f"{r['floor']:.2f}× |"
         )
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "device": dev, "rows": rows}, indent=2))

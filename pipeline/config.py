@@ -8,7 +8,7 @@ Units are given in the field comments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -118,6 +118,26 @@ class EvaluateParams(Strict):
     gallery_size: int = Field(24, ge=0)  # most suspicious samples shown in the report
 
 
+class GalAgreementParams(Strict):
+    """`gal_agreement:` — GAL's Figure 1: the agreement ratio per step at several symmetric noise rates.
+
+    The `gal_agreement` stage runs θA + θB (no θC, which does not touch the gate) with `method.gal`'s other
+    options on the ingested training split, once per rate, and writes `logs/gal_agreement.csv`.
+    """
+
+    rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.2, 0.5, 0.8]
+    )  # symmetric flip probabilities; [] = skip (an empty table)
+    epochs: int = Field(10, ge=1)  # per rate, method.gal.warmup_epochs included
+
+    @field_validator("rates")
+    @classmethod
+    def _unique(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate rates in {v}")
+        return v
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -129,6 +149,7 @@ class Params(Strict):
     method: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method options, checked by registry
     clean: CleanParams = Field(default_factory=CleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    gal_agreement: GalAgreementParams = Field(default_factory=GalAgreementParams)
 
     @model_validator(mode="after")
     def _methods_known(self) -> Params:
@@ -145,6 +166,12 @@ class Params(Strict):
                 REGISTRY[m].options.model_validate(opts or {})
             except ValidationError as e:
                 raise ValueError(_format(e, f"method.{m}")) from None
+        warm = REGISTRY["gal"].options.model_validate(self.method.get("gal") or {}).warmup_epochs
+        if self.gal_agreement.rates and self.gal_agreement.epochs <= warm:
+            raise ValueError(
+                f"gal_agreement.epochs: {self.gal_agreement.epochs} leaves no step after GAL's warm-up "
+                f"(method.gal.warmup_epochs: {warm})"
+            )
         missing = [m for m in self.clean.methods if m not in self.methods]
         if missing:
             raise ValueError(f"clean.methods: {missing} are not in `methods`, so no scores will exist")

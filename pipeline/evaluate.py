@@ -68,6 +68,29 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
+AGREEMENT_SUMMARY = ("gate_ratio", "unit_gate_ratio", "mean_cosine")
+
+
+def agreement_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Final-epoch means of the Figure-1 sweep (`logs/gal_agreement.csv`), keyed by noise rate.
+
+    Args:
+        table: rows of `pipeline.run.AGREEMENT_COLUMNS`.
+
+    Returns:
+        {"0.2": {"realised_rate", "gate_ratio", "unit_gate_ratio", "mean_cosine"}, ...}, rates ascending;
+        {} for an empty table.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for rate in sorted(set(table["noise_rate"].to_list())):
+        t = table.filter(pl.col("noise_rate") == rate)
+        last = t.filter(pl.col("epoch") == t["epoch"].max())
+        out[f"{rate:g}"] = {"realised_rate": float(t["realised_rate"][0])} | {
+            c: float(last[c].mean()) for c in AGREEMENT_SUMMARY
+        }
+    return out
+
+
 def collect_metrics(
     noisy: pl.DataFrame,
     scores: dict[str, pl.DataFrame],
@@ -76,8 +99,12 @@ def collect_metrics(
     retrain: dict,
     report: dict,
     params: Params,
+    agreement: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Everything `reports/metrics.json` holds (JSON-ready; NaN becomes null)."""
+    """Everything `reports/metrics.json` holds (JSON-ready; NaN becomes null).
+
+    `agreement` is the Figure-1 sweep table; its final-epoch summary goes under `gal_agreement`.
+    """
     known = noisy["true_label"].null_count() == 0
     out: dict[str, Any] = {
         "noise": {
@@ -131,4 +158,6 @@ def collect_metrics(
     }
     if "ce" in out["methods"]:
         out["retrain"]["ce_noisy_test_acc_last"] = out["methods"]["ce"]["test_acc_last"]
+    if agreement is not None and agreement.height:
+        out["gal_agreement"] = agreement_summary(agreement)
     return _nan_to_none(out)

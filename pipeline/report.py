@@ -16,6 +16,7 @@ import polars as pl  # noqa: E402
 
 from pipeline.config import Params  # noqa: E402
 from pipeline.data.images import open_image  # noqa: E402
+from pipeline.methods import REGISTRY  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -45,6 +46,37 @@ def _curves(logs: dict[str, pl.DataFrame], retrain_log: pl.DataFrame | None, col
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _agreement(table: pl.DataFrame) -> str:
+    """GAL's Figure 1 from the sweep table: per noise rate, the share of parameter scalars and of parameter
+    tensors whose gradient cosine passes τ, and the mean cosine; per step (thin) and smoothed over an epoch.
+    """
+    panels = (
+        ("gate_ratio", "share of parameter scalars with g ≥ τ"),
+        ("unit_gate_ratio", "share of parameter tensors with g ≥ τ"),
+        ("mean_cosine", "mean gradient cosine g"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+    for i, rate in enumerate(sorted(set(table["noise_rate"].to_list()))):
+        t = table.filter(pl.col("noise_rate") == rate).sort("step")
+        post = t.filter(pl.col("gate_ratio").is_not_nan())
+        window = max(int(post.group_by("epoch").len()["len"].median() or 1), 1) if post.height else 1
+        color = f"C{i}"
+        for ax, (col, title) in zip(axes, panels, strict=True):
+            ax.plot(post["step"], post[col], color=color, alpha=0.25, lw=0.7)
+            ax.plot(
+                post["step"], post[col].rolling_mean(window, min_samples=1), color=color, label=f"{rate:.0%}"
+            )
+            ax.set_title(title, fontsize=10)
+        if i == 0 and post.height:
+            for ax in axes:
+                ax.axvspan(0, post["step"][0], color="0.9", zorder=0)
+                ax.set_xlabel("step (grey: warm-up on one network)")
+    axes[0].set_yscale("log")
+    axes[0].legend(title="noise", fontsize=8)
+    fig.suptitle("GAL Figure 1: gradient agreement of θA and θB on class-matched batches", fontsize=11)
     return _png(fig)
 
 
@@ -167,8 +199,10 @@ def render_report(
     class_names: list[str],
     images: pl.DataFrame,
     params: Params,
+    agreement: pl.DataFrame | None = None,
 ) -> str:
-    """The HTML page as a string (self-contained: figures are embedded PNGs)."""
+    """The HTML page as a string (self-contained: figures are embedded PNGs); `agreement` is GAL's
+    Figure-1 sweep table (figure and table skipped when None or empty)."""
     known = noisy["true_label"].null_count() == 0
     ce_s = metrics["methods"].get("ce", {}).get("seconds")
     rows = []
@@ -224,6 +258,8 @@ def render_report(
     )
     n = metrics["noise"]
     figs = [_curves(logs, retrain_log, "test_acc", "test accuracy per epoch")]
+    if any("agreement_ratio" in log.columns for log in logs.values()):
+        figs.append(_curves(logs, None, "agreement_ratio", "GAL: share of parameters updated (gate)"))
     if known:
         figs += [
             _curves(logs, None, "label_precision", "label precision of the kept data"),
@@ -236,6 +272,23 @@ def render_report(
         est = report["estimate"]
         figs.append(
             _matrix(est["matrix"], class_names, f"estimated noise transition (rate {est['rate']:.3f})")
+        )
+    fig1 = ""
+    if agreement is not None and agreement.height:
+        summ = metrics.get("gal_agreement", {})
+        rows_a = "".join(
+            f"<tr><td>{html.escape(r)}</td><td>{_fmt(v['realised_rate'])}</td><td>{_fmt(v['gate_ratio'], 4)}"
+            f"</td><td>{_fmt(v['unit_gate_ratio'])}</td><td>{_fmt(v['mean_cosine'])}</td></tr>"
+            for r, v in summ.items()
+        )
+        gal = REGISTRY["gal"].options.model_validate(params.method.get("gal") or {})
+        fig1 = (
+            "<h2>GAL: gradient agreement against noise (the paper's Figure 1)</h2>"
+            f"<p>θA = θB after a {gal.warmup_epochs}-epoch warm-up, then both trained on class-matched "
+            "disjoint batches (<code>update: all</code>) while the gate is measured; "
+            f"τ = {gal.tau:g}, granularity {gal.granularity}. Last-epoch means:</p>"
+            "<table><tr><th>noise</th><th>realised</th><th>scalars with g ≥ τ</th><th>tensors with g ≥ τ</th>"
+            f"<th>mean g</th></tr>{rows_a}</table>" + _agreement(agreement)
         )
     gallery = _gallery(
         cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size
@@ -260,6 +313,7 @@ th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 (synthetic noise or CIFAR-N).</p>
 <h2>Cleaning and retraining</h2>{ctab}
 <h2>Figures</h2><div class="figs">{"".join(figs)}</div>
+{fig1}
 <h2>Most suspicious samples</h2>
 <p>Ranked by mean noise_score over {html.escape(", ".join(params.clean.methods))}.</p>
 {gallery}</body></html>"""

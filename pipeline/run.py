@@ -204,8 +204,9 @@ def run_train(
     scores_out: Path,
     log_out: Path,
     checkpoint: Path | None,
+    steps_out: Path,
 ) -> None:
-    """Train one registry method on the noisy labels; write its score table and epoch log.
+    """Train one registry method on the noisy labels; write its score table, epoch log and step log.
 
     The noise estimate is read from `noise_report.json` and `oof_probs.parquet` beside `noisy_path`.
     """
@@ -233,11 +234,70 @@ def run_train(
     with staged_outputs() as out:
         out.write_table(scores_out, scores, SCORES, names)
         out.write_csv(log_out, pl.DataFrame(res.log))
+        out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
     last = res.log[-1]
     print(
         f"train@{name}: test_acc {last['test_acc']:.4f} (best {max(r['test_acc'] for r in res.log):.4f}), "
         f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s"
     )
+
+
+# -------------------------------------------------------------------------------------------- gal agreement
+AGREEMENT_COLUMNS = [
+    "noise_rate",
+    "realised_rate",
+    "step",
+    "epoch",
+    "loss",
+    "agreement_ratio",
+    "gate_ratio",
+    "unit_gate_ratio",
+    "mean_cosine",
+]
+
+
+def run_gal_agreement(params: Params, ingested_dir: Path, out_csv: Path) -> None:
+    """GAL's Figure 1: train θA + θB once per `gal_agreement.rates` and log the agreement ratio per step.
+
+    As the paper's Figure 1 experiment: after the warm-up, θA = θB are fed class-matched batches and BOTH
+    train normally (`update: all`) while the gate is measured, so `gate_ratio` (share of parameters whose
+    gradient cosine is ≥ τ) shows how far noisy labels pull the two gradients apart. Each run injects
+    symmetric noise at the rate into the ingested labels (the `noise` section's other keys and `seed`
+    apply; noise estimation is off) and trains `gal` for `gal_agreement.epochs` epochs with `method.gal`'s
+    other options and `third_net: false`. One row per step, columns `AGREEMENT_COLUMNS`; agreement_ratio
+    (share updated: 1) and gate_ratio are NaN during the warm-up.
+    """
+    train_df, names = read_table(ingested_dir / "train.parquet", INGESTED)
+    test_df, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+    k, sweep = len(names), params.gal_agreement
+    cfg = params.train.model_copy(update={"epochs": sweep.epochs, "resume": False})
+    run_params = params.model_copy(update={"train": cfg})
+    opts = {**(params.method.get("gal") or {}), "third_net": False, "update": "all"}
+    device = resolve_device(cfg.device)
+    frames = []
+    for rate in sweep.rates:
+        noise = params.noise.model_copy(update={"kind": "symmetric", "rate": rate, "estimate": False})
+        noisy = apply_noise(train_df, k, noise, params.seed)
+        truth = noisy["true_label"].to_numpy()
+        train = load_split(
+            train_df, noisy["given_label"].to_numpy(), cfg.image_size, cfg.channels, device, truth
+        )
+        test = load_split(test_df, test_df["label"].to_numpy(), cfg.image_size, train.images.shape[1], device)
+        _, _, res = train_method("gal", opts, run_params, train, test, k, device, None)
+        realised = float(noisy["is_noisy"].mean())
+        steps = pl.from_dicts(res.steps, infer_schema_length=None)
+        frames.append(steps.with_columns(noise_rate=pl.lit(rate), realised_rate=pl.lit(realised)))
+        print(
+            f"gal_agreement: noise {rate:.2f} (realised {realised:.3f}): last-epoch gate ratio "
+            f"{steps.filter(pl.col('epoch') == sweep.epochs)['gate_ratio'].mean():.4f}, A+B test_acc "
+            f"{res.log[-1]['test_acc']:.4f}"
+        )
+    schema = {c: pl.Float64 for c in AGREEMENT_COLUMNS} | {"step": pl.Int64, "epoch": pl.Int64}
+    table = (
+        pl.concat([f.select(AGREEMENT_COLUMNS) for f in frames]) if frames else pl.DataFrame(schema=schema)
+    )
+    with staged_outputs() as out:
+        out.write_csv(out_csv, table)
 
 
 # ------------------------------------------------------------------------------------------------ clean
@@ -315,8 +375,12 @@ def run_evaluate(
     metrics_out: Path,
     plots_dir: Path,
     report_out: Path,
+    agreement_path: Path | None = None,
 ) -> None:
-    """Compute metrics, write DVC metrics/plots and the HTML report."""
+    """Compute metrics, write DVC metrics/plots and the HTML report.
+
+    `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1); skipped when None.
+    """
     from pipeline.evaluate import collect_metrics, pr_curve
     from pipeline.report import render_report
 
@@ -331,7 +395,15 @@ def run_evaluate(
     cleaned, _ = read_table(cleaned_path, CLEANED)
     retrain = read_json(retrain_path)
     report = read_json(noise_report_path)
-    metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params)
+    agreement = None
+    if agreement_path is not None:
+        if not agreement_path.is_file():
+            raise DataError(f"{agreement_path}: GAL agreement table not found (run the gal_agreement stage)")
+        agreement = pl.read_csv(agreement_path)
+        missing = sorted(set(AGREEMENT_COLUMNS) - set(agreement.columns))
+        if missing:
+            raise DataError(f"{agreement_path}: missing columns {missing}")
+    metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
     train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
     html = render_report(
@@ -345,6 +417,7 @@ def run_evaluate(
         class_names=names,
         images=train_images,
         params=params,
+        agreement=agreement,
     )
     with staged_outputs() as out:
         out.write_json(metrics_out, metrics)

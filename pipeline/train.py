@@ -190,6 +190,8 @@ class EpochResult:
         extra: further per-epoch figures for the log (floats).
         loss_count: how many per-sample losses `loss_sum` adds up (None = `seen`); the log's train_loss
             is loss_sum / loss_count, the mean loss of the samples trained on.
+        steps: per-step columns for the step log, each (S,) over the epoch's S steps (device tensors;
+            `Accumulator` fills `loss`, methods may add e.g. GAL's `agreement_ratio`).
     """
 
     loss_sum: torch.Tensor
@@ -198,27 +200,36 @@ class EpochResult:
     kept: torch.Tensor | None = None
     extra: dict[str, float] = field(default_factory=dict)
     loss_count: int | None = None
+    steps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Accumulator:
-    """Sums loss and accuracy on device; no host sync inside the loop."""
+    """Sums loss and accuracy on device and keeps each step's mean loss; no host sync inside the loop."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.seen = 0
         self.loss_count = 0
+        self.step_loss: list[torch.Tensor] = []
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """loss: (M,) per-sample losses actually trained on (M ≤ B, e.g. a small-loss pick);
         logits (B, K) and y (B,) of the whole batch for the accuracy."""
-        self.loss += loss.detach().sum()
+        total = loss.detach().float().sum()
+        self.loss += total
         self.loss_count += loss.numel()
+        self.step_loss.append(total / max(loss.numel(), 1))
         self.correct += (logits.detach().argmax(-1) == y).sum()
         self.seen += len(y)
 
-    def result(self, kept: torch.Tensor | None = None, **extra: float) -> EpochResult:
-        return EpochResult(self.loss, self.correct, self.seen, kept, dict(extra), self.loss_count)
+    def result(
+        self, kept: torch.Tensor | None = None, steps: dict[str, torch.Tensor] | None = None, **extra: float
+    ) -> EpochResult:
+        """The epoch's figures; `steps` adds per-step columns (S,) beside the per-step `loss`."""
+        cols = {"loss": torch.stack(self.step_loss)} if self.step_loss else {}
+        cols.update(steps or {})
+        return EpochResult(self.loss, self.correct, self.seen, kept, dict(extra), self.loss_count, cols)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -245,10 +256,18 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 # -------------------------------------------------------------------------------------------- driver
 @dataclass
 class FitResult:
-    """Epoch log rows and total training seconds."""
+    """Epoch log rows, step log rows and total training seconds.
+
+    Attributes:
+        log: one row per epoch (see `fit`).
+        seconds: training time, evaluation excluded.
+        steps: one row per optimiser step: step (0-based, over the run), epoch (1-based), loss (mean
+            training loss of the step's samples) and the method's per-step columns.
+    """
 
     log: list[dict[str, float]]
     seconds: float
+    steps: list[dict[str, float]] = field(default_factory=list)
 
 
 def fit(
@@ -266,7 +285,8 @@ def fit(
 
     The log row per epoch holds: epoch, train_loss, train_acc (vs given labels), test_acc, kept_fraction,
     label_precision (share of kept samples whose given label is correct; NaN when truth unknown),
-    lr, seconds (cumulative training time), plus the method's extra figures.
+    lr, seconds (cumulative training time), plus the method's extra figures. The step log holds one row
+    per step (see `FitResult.steps`); both are saved in the checkpoint and restored on resume.
 
     Args:
         method: an object satisfying `pipeline.methods.Method`.
@@ -279,6 +299,7 @@ def fit(
         on_epoch: optional callback receiving each log row.
     """
     log: list[dict[str, float]] = []
+    steps: list[dict[str, float]] = []
     start, elapsed = 0, 0.0
     rng_cm = torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else [])
     with rng_cm:
@@ -290,6 +311,7 @@ def fit(
                 ctx.gen.set_state(st["gen"])
                 torch.set_rng_state(st["torch_rng"])
                 log, start, elapsed = list(st["log"]), int(st["epoch"]), float(st["seconds"])
+                steps = list(st.get("steps", []))
                 tqdm.write(f"[{name}] resumed from {checkpoint} after epoch {start}")
             elif st is not None:
                 tqdm.write(f"[{name}] ignoring {checkpoint}: it was written with other params")
@@ -323,6 +345,7 @@ def fit(
                 **res.extra,
             }
             log.append(row)
+            steps += step_rows(res.steps, epoch + 1, len(steps))
             tqdm.write(
                 f"[{name}] epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  train_acc "
                 f"{row['train_acc']:.3f}  test_acc {test_acc:.3f}  kept {kept_frac:.2f}  label_prec "
@@ -338,12 +361,25 @@ def fit(
                         "epoch": epoch + 1,
                         "seconds": elapsed,
                         "log": log,
+                        "steps": steps,
                         "method": method.state_dict(),
                         "gen": ctx.gen.get_state(),
                         "torch_rng": torch.get_rng_state(),
                     },
                 )
-    return FitResult(log, elapsed)
+    return FitResult(log, elapsed, steps)
+
+
+def step_rows(cols: dict[str, torch.Tensor], epoch: int, first_step: int) -> list[dict[str, float]]:
+    """Per-step columns (each (S,)) of one epoch -> S rows {step, epoch, **cols} (one host sync)."""
+    if not cols:
+        return []
+    names = list(cols)
+    values = torch.stack([cols[n].detach().float().reshape(-1).cpu() for n in names], 1).tolist()
+    return [
+        {"step": first_step + i, "epoch": epoch, **dict(zip(names, v, strict=True))}
+        for i, v in enumerate(values)
+    ]
 
 
 def progress(it: Iterable, ctx: TrainContext, desc: str, total: int | None = None) -> Iterable:

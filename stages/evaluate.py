@@ -17,6 +17,9 @@ def _args(p):
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
     p.add_argument("--plots-dir", type=Path, default=Path("reports/plots/pr"))
     p.add_argument("--report", type=Path, default=Path("reports/report.html"))
+    p.add_argument(
+        "--gal-agreement", type=Path, default=Path("logs/gal_agreement.csv"), help="'' = no Figure 1"
+    )
 
 
 def main(argv=None) -> int:
@@ -37,6 +40,7 @@ def main(argv=None) -> int:
             a.metrics,
             a.plots_dir,
             a.report,
+            a.gal_agreement if str(a.gal_agreement) not in ("", ".") else None,
         ),
         argv,
     )

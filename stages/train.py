@@ -1,4 +1,4 @@
-"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores/, logs/, checkpoints/."""
+"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores, epoch/step logs, checkpoint."""
 
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ def _args(p):
     p.add_argument("--scores-dir", type=Path, default=Path("scores"))
     p.add_argument("--logs-dir", type=Path, default=Path("logs"))
     p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    p.add_argument("--steps-dir", type=Path, default=Path("logs/steps"), help="per-step logs")
 
 
 def main(argv=None) -> int:
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
             a.scores_dir / f"{a.method}.parquet",
             a.logs_dir / f"{a.method}.csv",
             a.checkpoint_dir / f"{a.method}.pt",
+            a.steps_dir / f"{a.method}.csv",
         ),
         argv,
     )

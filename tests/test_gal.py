@@ -100,13 +100,14 @@ def test_masked_step_restores_adam_state_and_fresh_state():
     assert torch.equal(params[0], before[0][0])
     assert all(torch.equal(opt_a.state[params[0]][k], v) for k, v in before[1][0].items())
     assert not torch.equal(params[1], before[0][1])
-    # a fresh SGD optimiser: a blocked tensor gets a zero momentum buffer (same as none) and no change
+    # a fresh SGD optimiser: a blocked tensor gets no momentum buffer (or a zero one: the same) and no change
     net = nn.Linear(3, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     w = net.weight.detach().clone()
     net.weight.grad, net.bias.grad = torch.ones_like(net.weight), torch.ones_like(net.bias)
     masked_step(opt, [net.weight, net.bias], [torch.tensor(False), torch.tensor(True)])
-    assert torch.equal(net.weight, w) and not opt.state[net.weight]["momentum_buffer"].any()
+    assert torch.equal(net.weight, w)
+    assert not opt.state.get(net.weight, {}).get("momentum_buffer", torch.zeros(1)).any()
 
 
 # ------------------------------------------------------------------------------------------------ CDAS
@@ -223,13 +224,15 @@ def test_gal_runs_logs_agreement_and_round_trips_state(trained):
     assert np.isnan(res.log[0]["agreement_ratio"])
     assert all(0.0 <= r["agreement_ratio"] <= 1.0 for r in res.log[1:])
     assert all(np.isfinite(r["c_loss"]) and np.isfinite(r["train_loss"]) for r in res.log[1:])
-    log = method.step_log
-    assert len(log) == method.steps > 0 and [r["step"] for r in log] == list(range(len(log)))
-    assert {r["epoch"] for r in log} == {1, 2}
+    assert [r["step"] for r in res.steps] == list(range(len(res.steps)))
+    warm = [r for r in res.steps if r["epoch"] == 1]
+    assert warm and all(np.isnan(r["agreement_ratio"]) and np.isfinite(r["loss"]) for r in warm)
+    log = [r for r in res.steps if r["epoch"] > 1]
+    assert {r["epoch"] for r in log} == {2, 3}
     assert all(r["agreement_ratio"] == r["gate_ratio"] for r in log)
-    for e in (1, 2):
+    for e in (2, 3):
         mean = np.mean([r["agreement_ratio"] for r in log if r["epoch"] == e])
-        assert res.log[e]["agreement_ratio"] == pytest.approx(mean, rel=1e-5)
+        assert res.log[e - 1]["agreement_ratio"] == pytest.approx(mean, rel=1e-5)
     out = method.export()
     assert out.probs.shape == (96, 10)
     assert torch.allclose(out.probs, method.predict(ctx.train))
@@ -237,7 +240,7 @@ def test_gal_runs_logs_agreement_and_round_trips_state(trained):
     clone = REGISTRY["gal"].build(opts, ctx)
     clone.load_state_dict(method.state_dict())
     assert torch.equal(clone.predict(ctx.test), method.predict(ctx.test))
-    assert clone.step_log == method.step_log and clone.cloned
+    assert clone.cloned
     for x, y in zip(clone.a.parameters(), method.a.parameters(), strict=True):
         assert torch.equal(x, y)
     assert clone.lr() == method.lr()
@@ -288,7 +291,9 @@ def test_option_variants_run(over):
     method = REGISTRY["gal"].build(opts, ctx)
     res = fit(method, ctx, name="gal", epochs=1)
     assert 0.0 <= res.log[0]["agreement_ratio"] <= 1.0
-    assert all(0.0 <= r["agreement_ratio"] <= 1.0 and 0.0 <= r["gate_ratio"] <= 1.0 for r in method.step_log)
+    assert res.steps and all(
+        0.0 <= r["agreement_ratio"] <= 1.0 and 0.0 <= r["gate_ratio"] <= 1.0 for r in res.steps
+    )
     probs = method.predict(test)
     assert probs.shape == (16, 10) and torch.allclose(probs.sum(-1), torch.ones(16), atol=1e-5)
     if not opts.third_net:
@@ -321,6 +326,8 @@ def test_resume_after_the_clone_matches_the_uninterrupted_run(tmp_path):
         _gal_run(tmp_path / "b", kill_after=3)  # killed after two post-warm-up epochs
     res, m_res = _gal_run(tmp_path / "b")
     assert [r["epoch"] for r in res.log] == [1, 2, 3, 4]
-    assert m_res.step_log == m_full.step_log
+    assert len(res.steps) == len(full.steps) > 0 and res.steps[0].keys() == full.steps[0].keys()
+    for key in full.steps[0]:  # NaN during the warm-up: compare as arrays
+        np.testing.assert_array_equal([r[key] for r in res.steps], [r[key] for r in full.steps])
     assert torch.equal(m_res.predict(m_res.ctx.test), m_full.predict(m_full.ctx.test))
     assert [r["agreement_ratio"] for r in res.log[1:]] == [r["agreement_ratio"] for r in full.log[1:]]

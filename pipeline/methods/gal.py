@@ -23,6 +23,9 @@ step, but not applied; instead each unit (tensor / channel / scalar, same `granu
 networks independently with probability r̄, the running mean of the gate's ratio (fraction of scalars with
 g ≥ τ) over every post-warm-up step so far, the current step included. The draws come from a dedicated
 generator on the training device (seed + 3), saved in the state.
+
+`update: all` (the paper's Figure 1 experiment: "a pair of identical networks" fed class-matched batches,
+both trained normally while the agreement is measured): every pair is updated; the gate ratio is logged.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ class GALOptions(Strict):
     sampling: Literal["cdas", "cdas_no_reverse", "random", "identical"] = "cdas"  # paper's Table 5 rows
     agreement_on: Literal["gradient", "update"] = "gradient"  # cosine of ∇P, or of P − η∇P (Eq. 2-4)
     granularity: Granularity = "tensor"  # one g per tensor | per output channel (row) | per scalar (sign)
-    update: Literal["agreement", "random"] = "agreement"  # random: p = running mean gate ratio (see module)
+    # agreement: the gate decides | random: p = running mean gate ratio (see module) | all: every pair is
+    # updated and the gate only measured (the paper's Figure 1 experiment)
+    update: Literal["agreement", "random", "all"] = "agreement"
     third_net: bool = True  # train θC on the joint pseudo-labels and report it
 
 
@@ -87,7 +92,9 @@ class CDASampler:
     batch. A class with no sample outside the reference batch cannot be matched: its samples are dropped
     from the reference batch (they count as used), so the histograms stay equal. A random draw takes
     min(batch, unused // 2) samples for the CDAS modes (so the matched half mostly comes from the pool)
-    and min(batch, unused) otherwise; the epoch ends when that is below 2 (BatchNorm needs 2).
+    and min(batch, unused) otherwise; the epoch ends when that is below max(2, batch // 2), like a
+    loader's drop_last: a tail of tiny batches would feed BatchNorm's running statistics a few samples each
+    (measured: θC's test accuracy swung by 0.2 between epochs at lr ≈ 0 before this rule).
 
     Attributes:
         used: (N,) bool, samples drawn this epoch (A's pass in `random` mode).
@@ -113,6 +120,7 @@ class CDASampler:
         self.used_b = torch.zeros(n, dtype=torch.bool)
         self.phase = 0
         self.pending: list[torch.Tensor] | None = None
+        self.min_batch = max(2, batch_size // 2)
 
     def start_epoch(self) -> None:
         """Reset the pools and the cycle."""
@@ -131,7 +139,7 @@ class CDASampler:
         """(b,) random unused indices, marked used; None when fewer than 2 can be drawn."""
         avail = (~used).nonzero().squeeze(1)
         b = min(self.batch_size, len(avail) // 2 if half else len(avail))
-        if b < 2:
+        if b < self.min_batch:
             return None
         pick = avail[torch.randperm(len(avail), generator=gen)[:b]]
         used[pick] = True
@@ -302,39 +310,42 @@ def _unit_masks(flat: torch.Tensor, params: Sequence[torch.Tensor], granularity:
 
 @torch.no_grad()
 def masked_step(opt: torch.optim.Optimizer, params: Sequence[nn.Parameter], masks: Sequence[torch.Tensor]):
-    """`opt.step()`, then every entry whose mask is False is restored exactly: the parameter and every
-    element-wise optimiser state (SGD momentum buffer, Adam moments). State that did not exist before the
-    step is restored to zeros (for SGD without dampening a zero buffer is the same as no buffer). Per-tensor
-    scalar state (Adam's step count) is kept only when some entry of the tensor was updated.
+    """`opt.step()` where every entry whose mask is False does not change at all: no gradient step, no
+    weight decay, no momentum / Adam-moment update.
+
+    A tensor blocked entirely has its `.grad` set to None, so the optimiser skips it (PyTorch's optimisers
+    skip parameters without a gradient: nothing is read or written, Adam's step count included). Only a
+    tensor that is partly blocked (`channel` / `element` granularity) pays for a snapshot: its value and
+    element-wise optimiser state (SGD momentum buffer, Adam moments) are cloned before the step and its
+    blocked entries restored after it, bit for bit; state that did not exist before the step is restored to
+    zeros (for SGD without dampening a zero buffer is the same as no buffer). One host sync per call reads
+    which tensors are fully passed, fully blocked or mixed.
 
     Args:
-        opt: the optimiser holding `params` (parameters without gradient are skipped by it anyway).
+        opt: the optimiser holding `params`.
         params: parameters with gradients.
         masks: one bool mask per parameter, broadcastable to its shape (True = update).
     """
-    old = torch._foreach_clone([p.detach() for p in params])
-    keys = [
-        [k for k, v in opt.state[p].items() if torch.is_tensor(v)] if p in opt.state else [] for p in params
-    ]
-    flat_state = [opt.state[p][k] for p, ks in zip(params, keys, strict=True) for k in ks]
-    snap_flat = torch._foreach_clone(flat_state) if flat_state else []
-    snaps, i = [], 0
-    for ks in keys:
-        snaps.append(dict(zip(ks, snap_flat[i : i + len(ks)], strict=True)))
-        i += len(ks)
+    if not params:
+        return
+    flags = torch.stack([torch.stack([m.all(), m.any()]) for m in masks]).tolist()  # (T, 2), one sync
+    mixed = [i for i, (every, some) in enumerate(flags) if some and not every]
+    for (_, some), p in zip(flags, params, strict=True):
+        if not some:
+            p.grad = None
+    mp = [params[i] for i in mixed]
+    old = torch._foreach_clone([p.detach() for p in mp]) if mp else []
+    keys = [[k for k, v in opt.state[p].items() if torch.is_tensor(v)] if p in opt.state else [] for p in mp]
+    snaps = [{k: opt.state[p][k].clone() for k in ks} for p, ks in zip(mp, keys, strict=True)]
     opt.step()
-    for p, m, o, snap in zip(params, masks, old, snaps, strict=True):
+    for i, o, snap in zip(mixed, old, snaps, strict=True):
+        p, m = params[i], masks[i]
         p.copy_(torch.where(m, p, o))
         for k, v in opt.state[p].items():
-            if not torch.is_tensor(v):
-                continue
+            if not torch.is_tensor(v) or v.shape != p.shape:
+                continue  # per-tensor scalars (Adam's step): the tensor was partly updated, so it counts
             before = snap.get(k)
-            if before is None:
-                before = torch.zeros_like(v)
-            if v.shape == p.shape:
-                v.copy_(torch.where(m, v, before))
-            else:
-                v.copy_(torch.where(m.any().to(v.device), v, before))
+            v.copy_(torch.where(m, v, torch.zeros_like(v) if before is None else before))
 
 
 @dataclass
@@ -344,10 +355,14 @@ class AgreementStats:
     Attributes:
         updated: fraction of scalar parameters updated this step.
         gate: fraction of scalar parameters whose unit has g ≥ τ (= updated under `update: agreement`).
+        unit_gate: fraction of units (tensors / channels / scalars, per granularity) with g ≥ τ.
+        mean_cosine: mean g over the units, weighted by their scalar counts.
     """
 
     updated: torch.Tensor
     gate: torch.Tensor
+    unit_gate: torch.Tensor
+    mean_cosine: torch.Tensor
 
 
 def agreement_update(
@@ -397,16 +412,22 @@ def agreement_update(
     masks = _unit_masks(mask, pa, granularity)
     masked_step(opt_a, pa, masks)
     masked_step(opt_b, pb, masks)
-    return AgreementStats(updated, gate_ratio)
+    mean_cos = (cos * sizes).sum() / total
+    return AgreementStats(updated, gate_ratio, gate.float().mean(), mean_cos)
+
+
+def _update_all(gate: torch.Tensor, sizes: torch.Tensor, gate_ratio: torch.Tensor) -> torch.Tensor:
+    """`update: all`: every unit is updated (the gate is only measured)."""
+    return torch.ones_like(gate)
 
 
 # ------------------------------------------------------------------------------------------------- method
 class GAL:
     """Warm-up θ, then θA/θB with gradient-agreement updates and θC on their joint pseudo-labels.
 
-    Attributes:
-        step_log: one dict per post-warm-up step: step, epoch (0-based), agreement_ratio (fraction of
-            scalar parameters updated), gate_ratio (fraction with g ≥ τ; equal under `update: agreement`).
+    Each epoch's `EpochResult.steps` carries, per step, `agreement_ratio` (fraction of scalar parameters
+    updated) and `gate_ratio` (fraction whose unit has g ≥ τ; equal under `update: agreement`), NaN during
+    the warm-up; the driver writes them to the step log (`logs/steps/gal.csv` in the pipeline).
     """
 
     def __init__(self, opts: GALOptions, ctx: TrainContext) -> None:
@@ -420,9 +441,6 @@ class GAL:
         self.sched_a = self.sched_b = self.sched_c = None
         self.cloned = False
         self.sampler = CDASampler(ctx.train.labels, ctx.num_classes, ctx.cfg.batch_size, opts.sampling)
-        self.step_log: list[dict[str, float]] = []
-        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
-        self.steps = 0
         self.gate_sum = torch.zeros((), device=ctx.device)
         self.gate_count = 0
         self.update_gen = torch.Generator(device=ctx.device)
@@ -466,8 +484,8 @@ class GAL:
         for n in nets:
             n.train()
         pa, pb = list(self.a.parameters()), list(self.b.parameters())
-        select = self._random_select if o.update == "random" else None
-        first = len(self._pending)
+        select = {"agreement": None, "random": self._random_select, "all": _update_all}[o.update]
+        updated, gates, unit_gates, cosines = [], [], [], []
         for ia, ib in progress(self.sampler.epoch(ctx.gen), ctx, f"gal e{epoch + 1}"):
             _, xa, ya = ctx.train_batch(ia)
             if o.sampling == "identical":
@@ -494,18 +512,26 @@ class GAL:
             if select is None:
                 self.gate_sum += stats.gate
                 self.gate_count += 1
-            self._pending.append((self.steps, epoch, stats.updated, stats.gate))
-            self.steps += 1
+            updated.append(stats.updated)
+            gates.append(stats.gate)
+            unit_gates.append(stats.unit_gate)
+            cosines.append(stats.mean_cosine)
             acc.add(loss_a.detach(), la.detach(), ya)  # the log follows A
             if self.c is not None:
                 c_loss += self._c_step(xa) * len(ya)
         for s in (self.sched_a, self.sched_b, self.sched_c):
             if s is not None:
                 s.step()
-        ratios = torch.stack([p[2] for p in self._pending[first:]]) if len(self._pending) > first else None
-        self._flush_log()
+        cols = {
+            "agreement_ratio": updated,
+            "gate_ratio": gates,
+            "unit_gate_ratio": unit_gates,
+            "mean_cosine": cosines,
+        }
+        steps = {k: torch.stack(v) for k, v in cols.items()} if updated else {}
         return acc.result(
-            agreement_ratio=float("nan") if ratios is None else ratios.mean().item(),
+            steps=steps,
+            agreement_ratio=steps["agreement_ratio"].mean().item() if updated else float("nan"),
             c_loss=c_loss.item() / max(acc.seen, 1) if self.c is not None else float("nan"),
         )
 
@@ -517,7 +543,9 @@ class GAL:
             loss, logits = ce_step(self.theta, self.opt, x, y, self.ctx)
             acc.add(loss, logits, y)
         self.sched.step()
-        return acc.result(agreement_ratio=float("nan"), c_loss=float("nan"))
+        nan = torch.full((len(acc.step_loss),), float("nan"), device=self.ctx.device)
+        steps = dict.fromkeys(("agreement_ratio", "gate_ratio", "unit_gate_ratio", "mean_cosine"), nan)
+        return acc.result(steps=steps, agreement_ratio=float("nan"), c_loss=float("nan"))
 
     def _random_select(
         self, gate: torch.Tensor, sizes: torch.Tensor, gate_ratio: torch.Tensor
@@ -550,15 +578,6 @@ class GAL:
         loss.backward()
         self.opt_c.step()
         return loss.detach()
-
-    def _flush_log(self) -> None:
-        """Move the per-step device tensors into `step_log` (one host sync per epoch)."""
-        if not self._pending:
-            return
-        vals = torch.stack([torch.stack([p[2], p[3]]) for p in self._pending]).tolist()
-        for (step, epoch, _, _), (upd, gate) in zip(self._pending, vals, strict=True):
-            self.step_log.append({"step": step, "epoch": epoch, "agreement_ratio": upd, "gate_ratio": gate})
-        self._pending = []
 
     # ------------------------------------------------------------------------------------------- outputs
     def predict(self, data: ImageData) -> torch.Tensor:
@@ -593,7 +612,6 @@ class GAL:
 
     # --------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        self._flush_log()
         st: dict[str, Any] = {
             "cloned": self.cloned,
             "theta": self.theta.state_dict(),
@@ -601,8 +619,6 @@ class GAL:
             "sched": self.sched.state_dict(),
             "c": None if self.c is None else self.c.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "step_log": [dict(r) for r in self.step_log],
-            "steps": self.steps,
             "gate_sum": self.gate_sum,
             "gate_count": self.gate_count,
             "update_gen": self.update_gen.get_state(),
@@ -633,9 +649,6 @@ class GAL:
                 self.opt_c.load_state_dict(state["opt_c"])
                 self.sched_c.load_state_dict(state["sched_c"])
         self.sampler.load_state_dict(state["sampler"])
-        self.step_log = [dict(r) for r in state["step_log"]]
-        self._pending = []
-        self.steps = int(state["steps"])
         self.gate_sum = state["gate_sum"].to(self.ctx.device)
         self.gate_count = int(state["gate_count"])
         self.update_gen.set_state(state["update_gen"])
