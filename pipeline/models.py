@@ -33,9 +33,11 @@ def adapt_small_stem(model: nn.Module) -> nn.Module:
     new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=conv.bias is not None)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], new)
-    for attr in ("maxpool", "stem_pool"):
-        if isinstance(getattr(model, attr, None), nn.MaxPool2d | nn.Sequential):
-            setattr(model, attr, nn.Identity())
+    for path in ("maxpool", "stem_pool", "stem.pool"):  # ResNet, RegNet-style, ResNetV2 (pre-activation)
+        parent_name, _, attr = path.rpartition(".")
+        owner = model.get_submodule(parent_name) if parent_name and hasattr(model, parent_name) else model
+        if isinstance(getattr(owner, attr, None), nn.MaxPool2d | nn.Sequential):
+            setattr(owner, attr, nn.Identity())
     return model
 
 

@@ -37,6 +37,8 @@ def tiny_params(base: dict) -> dict:
         epochs=2, image_size=8, batch_size=32, progress=False, model_kwargs={"channels": [8, 16, 32, 64]}
     )
     p["evaluate"]["gallery_size"] = 6
+    p["method"]["gal"]["warmup_epochs"] = 1
+    p["gal_agreement"] = {"rates": [0.0, 0.5], "epochs": 2}
     return p
 
 
@@ -113,6 +115,18 @@ def test_every_declared_output_exists_and_reads(repo):
     assert metrics["retrain"]["test_acc_last"] is not None
     html = (root / "reports/report.html").read_text()
     assert "data:image/png;base64" in html and "Most suspicious samples" in html
+    assert "the paper's Figure 1" in html
+    steps = pl.read_csv(root / "logs/steps/gal.csv")
+    assert steps["step"].to_list() == list(range(steps.height)) and set(steps["epoch"]) == {1, 2}
+    post = steps.filter(pl.col("epoch") == 2)["agreement_ratio"]
+    assert post.len() > 0 and post.is_between(0, 1).all()
+    agree = pl.read_csv(root / "logs/gal_agreement.csv")
+    assert agree["noise_rate"].unique().sort().to_list() == [0.0, 0.5]
+    assert agree.filter(pl.col("epoch") == 2)["gate_ratio"].is_between(0, 1).all()
+    assert set(metrics["gal_agreement"]) == {"0", "0.5"}
+    assert {"joint_pseudo_label", "joint_confidence", "ab_disagree"} <= set(
+        pl.read_parquet(root / "scores/gal.parquet").columns
+    )
     assert pl.read_csv(root / "reports/plots/pr/ce.csv").columns == ["recall", "precision"]
 
 

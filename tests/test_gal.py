@@ -331,3 +331,95 @@ def test_resume_after_the_clone_matches_the_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal([r[key] for r in res.steps], [r[key] for r in full.steps])
     assert torch.equal(m_res.predict(m_res.ctx.test), m_full.predict(m_full.ctx.test))
     assert [r["agreement_ratio"] for r in res.log[1:]] == [r["agreement_ratio"] for r in full.log[1:]]
+
+
+# ------------------------------------------------------------------------------------------- behaviour
+def _accuracies(name: str, opts: dict, noise: float, epochs: int = 12) -> list[float]:
+    train, test = digits_data(800, 400, noise=noise)
+    ctx = make_ctx(
+        train, test, epochs=epochs, augment={"pad_crop": 0}, model_kwargs={"channels": [16, 32, 64, 128]}
+    )
+    spec = REGISTRY[name]
+    method = spec.build(spec.options(**opts), ctx)
+    return [r["test_acc"] for r in fit(method, ctx, name=name, epochs=epochs).log]
+
+
+@pytest.mark.parametrize("noise", [0.4, 0.6])
+def test_gal_beats_ce_and_keeps_its_best_accuracy_under_symmetric_noise(noise):
+    ce = _accuracies("ce", {}, noise)
+    gal = _accuracies("gal", {"warmup_epochs": 4}, noise)
+    print(f"{noise:.0%}: ce last {ce[-1]:.3f} best {max(ce):.3f}; gal last {gal[-1]:.3f} best {max(gal):.3f}")
+    assert gal[-1] > ce[-1] + 0.05
+    assert max(gal) - gal[-1] < max(ce) - ce[-1]  # CE memorises the noise after its best epoch, GAL does not
+
+
+def _last_epoch_agreement(noise: float) -> dict[str, float]:
+    train, test = digits_data(800, 200, noise=noise)
+    ctx = make_ctx(
+        train, test, epochs=8, augment={"pad_crop": 0}, model_kwargs={"channels": [16, 32, 64, 128]}
+    )
+    method = REGISTRY["gal"].build(GALOptions(warmup_epochs=4, update="all", third_net=False), ctx)
+    steps = pl.DataFrame(fit(method, ctx, name="gal", epochs=8).steps)
+    assert (steps.filter(pl.col("epoch") > 4)["agreement_ratio"] == 1.0).all()  # every pair updated
+    last = steps.filter(pl.col("epoch") == 8)
+    return {c: last[c].mean() for c in ("gate_ratio", "unit_gate_ratio", "mean_cosine")}
+
+
+def test_figure_1_agreement_falls_with_noise():
+    """The paper's Figure 1 experiment: both networks train freely on class-matched batches; with noisy
+    labels their gradients agree less (lower share of tensors passing τ, lower mean cosine)."""
+    clean, noisy = _last_epoch_agreement(0.0), _last_epoch_agreement(0.5)
+    print(f"last-epoch agreement: clean {clean}, 50% noise {noisy}")
+    for key in ("gate_ratio", "unit_gate_ratio", "mean_cosine"):
+        assert noisy[key] < clean[key], key
+    assert clean["mean_cosine"] > noisy["mean_cosine"] + 0.05
+
+
+def test_agreement_summary_takes_the_last_epoch_per_rate():
+    from pipeline.evaluate import agreement_summary
+
+    rows = [
+        dict(
+            noise_rate=r,
+            realised_rate=r,
+            step=s,
+            epoch=1 + s // 2,
+            loss=1.0,
+            agreement_ratio=v,
+            gate_ratio=v,
+            unit_gate_ratio=2 * v,
+            mean_cosine=v - 0.5,
+        )
+        for r, vals in ((0.0, [0.9, 0.9, 0.4, 0.6]), (0.5, [0.2, 0.2, 0.1, 0.0]))
+        for s, v in enumerate(vals)
+    ]
+    summ = agreement_summary(pl.DataFrame(rows))
+    assert list(summ) == ["0", "0.5"]
+    assert summ["0"]["gate_ratio"] == pytest.approx(0.5) and summ["0.5"]["unit_gate_ratio"] == pytest.approx(
+        0.1
+    )
+    assert summ["0.5"]["mean_cosine"] == pytest.approx(-0.45) and summ["0.5"]["realised_rate"] == 0.5
+    assert agreement_summary(pl.DataFrame(rows[:0], schema=pl.DataFrame(rows).schema)) == {}
+
+
+def test_paper_preset_is_valid_and_builds_the_preact_backbone():
+    from pathlib import Path
+
+    from pipeline.config import load_params
+    from pipeline.models import build_model
+
+    p = load_params(Path(__file__).resolve().parents[1] / "presets" / "gal_cifar10.yaml")
+    t, g = p.train, REGISTRY["gal"].options.model_validate(p.method["gal"])
+    assert (p.data.source, t.image_size, t.epochs, t.batch_size) == ("cifar10", 32, 200, 128)
+    assert (t.lr, t.schedule, t.milestones, t.gamma, t.momentum, t.weight_decay) == (
+        0.06,
+        "step",
+        [80, 150],
+        0.1,
+        0.9,
+        5e-4,
+    )
+    assert (g.warmup_epochs, g.tau, g.epsilon, g.sampling, g.third_net) == (80, 0.4, 0.8, "cdas", True)
+    net = build_model(t, 10, 3, seed=0)
+    assert isinstance(net.stem.pool, nn.Identity) and net.stem.conv.stride == (1, 1)
+    assert net.forward_features(torch.zeros(1, 3, 32, 32)).shape[-1] == 4  # 32 px / 8: no stem downsampling
