@@ -128,7 +128,8 @@ class GalAgreementParams(Strict):
     rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.2, 0.5, 0.8]
     )  # symmetric flip probabilities; [] = skip (an empty table)
-    epochs: int = Field(10, ge=1)  # per rate, method.gal.warmup_epochs included
+    epochs: int = Field(8, ge=1)  # per rate, method.gal.warmup_epochs included
+    max_samples: int | None = Field(None, ge=2)  # stratified subsample of the train split (None = all)
 
     @field_validator("rates")
     @classmethod

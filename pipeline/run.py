@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import Params, TrainParams, validate_section
 from pipeline.data.memory import ImageData, load_split
-from pipeline.data.sources import ingest
+from pipeline.data.sources import ingest, subsample
 from pipeline.errors import DataError
 from pipeline.io import read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
@@ -264,12 +264,14 @@ def run_gal_agreement(params: Params, ingested_dir: Path, out_csv: Path) -> None
     gradient cosine is ≥ τ) shows how far noisy labels pull the two gradients apart. Each run injects
     symmetric noise at the rate into the ingested labels (the `noise` section's other keys and `seed`
     apply; noise estimation is off) and trains `gal` for `gal_agreement.epochs` epochs with `method.gal`'s
-    other options and `third_net: false`. One row per step, columns `AGREEMENT_COLUMNS`; agreement_ratio
+    other options and `third_net: false`, on a stratified subsample of `gal_agreement.max_samples` training
+    images when set. One row per step, columns `AGREEMENT_COLUMNS`; agreement_ratio
     (share updated: 1) and gate_ratio are NaN during the warm-up.
     """
     train_df, names = read_table(ingested_dir / "train.parquet", INGESTED)
     test_df, _ = read_table(ingested_dir / "test.parquet", INGESTED)
     k, sweep = len(names), params.gal_agreement
+    train_df = subsample(train_df, sweep.max_samples, params.seed)
     cfg = params.train.model_copy(update={"epochs": sweep.epochs, "resume": False})
     run_params = params.model_copy(update={"train": cfg})
     opts = {**(params.method.get("gal") or {}), "third_net": False, "update": "all"}

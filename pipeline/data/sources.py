@@ -60,7 +60,7 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tu
     return np.sort(tr), np.sort(te)
 
 
-def _subsample(df: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
+def subsample(df: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
     """Keep at most n rows, stratified by label, in sample_id order."""
     if n is None or df.height <= n:
         return df
@@ -372,6 +372,6 @@ SOURCES = {
 def ingest(p: DataParams) -> Ingested:
     """Load the configured source, then apply `data.max_per_split`."""
     out = SOURCES[p.source](p)
-    out.train = _subsample(out.train, p.max_per_split, p.split_seed)
-    out.test = _subsample(out.test, p.max_per_split, p.split_seed)
+    out.train = subsample(out.train, p.max_per_split, p.split_seed)
+    out.test = subsample(out.test, p.max_per_split, p.split_seed)
     return out
