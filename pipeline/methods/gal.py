@@ -308,8 +308,18 @@ def _unit_masks(flat: torch.Tensor, params: Sequence[torch.Tensor], granularity:
     return out
 
 
+def mask_flags(masks: Sequence[torch.Tensor]) -> list[tuple[bool, bool]]:
+    """(every entry passes, some entry passes) per mask, read with one host sync."""
+    return [tuple(f) for f in torch.stack([torch.stack([m.all(), m.any()]) for m in masks]).tolist()]
+
+
 @torch.no_grad()
-def masked_step(opt: torch.optim.Optimizer, params: Sequence[nn.Parameter], masks: Sequence[torch.Tensor]):
+def masked_step(
+    opt: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    masks: Sequence[torch.Tensor],
+    flags: Sequence[tuple[bool, bool]] | None = None,
+):
     """`opt.step()` where every entry whose mask is False does not change at all: no gradient step, no
     weight decay, no momentum / Adam-moment update.
 
@@ -325,10 +335,11 @@ def masked_step(opt: torch.optim.Optimizer, params: Sequence[nn.Parameter], mask
         opt: the optimiser holding `params`.
         params: parameters with gradients.
         masks: one bool mask per parameter, broadcastable to its shape (True = update).
+        flags: `mask_flags(masks)` when the caller already has them (A and B share one mask set).
     """
     if not params:
         return
-    flags = torch.stack([torch.stack([m.all(), m.any()]) for m in masks]).tolist()  # (T, 2), one sync
+    flags = mask_flags(masks) if flags is None else flags
     mixed = [i for i, (every, some) in enumerate(flags) if some and not every]
     for (_, some), p in zip(flags, params, strict=True):
         if not some:
@@ -410,8 +421,9 @@ def agreement_update(
     mask = gate if select is None else select(gate, sizes, gate_ratio)
     updated = gate_ratio if select is None else (mask * sizes).sum().float() / total
     masks = _unit_masks(mask, pa, granularity)
-    masked_step(opt_a, pa, masks)
-    masked_step(opt_b, pb, masks)
+    flags = mask_flags(masks) if masks else []  # one host sync for both networks
+    masked_step(opt_a, pa, masks, flags)
+    masked_step(opt_b, pb, masks, flags)
     mean_cos = (cos * sizes).sum() / total
     return AgreementStats(updated, gate_ratio, gate.float().mean(), mean_cos)
 
