@@ -8,6 +8,9 @@ params.yaml (ingest + noise in memory; nothing is written except the optional --
 
     python bench/bench_methods.py --epochs 20 --variants ce,coteaching,jocor,jocor3,jocor3c,cl
     python bench/bench_methods.py --variants ce,gal,gal_w8,ce     # CE twice: the reference is their mean
+    python bench/bench_methods.py --variants ce,gss_sb,gss_db,dividemix,gss_ssl,ce
+
+Each variant's options are laid over params.yaml's `method.<method>` section.
 """
 
 from __future__ import annotations
@@ -52,7 +55,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gal_random_sampling": ("gal", {"sampling": "random"}),
     "gal_identical": ("gal", {"sampling": "identical"}),
     "gal_w8": ("gal", {"warmup_epochs": 8}),  # the paper's 80/200 warm-up share on a 20-epoch run
+    "gss_sb": ("gss", {"variant": "sb"}),
+    "gss_sb_eval": ("gss", {"variant": "sb", "pool_probs": "eval"}),  # ALGORITHMS.md's eval pass
+    "gss_db": ("gss", {"variant": "db"}),
+    "gss_ssl": ("gss", {"variant": "ssl"}),
+    "dividemix": ("dividemix", {}),
 }
+"""Variant name -> (registry method, options over params.yaml's `method.<method>` section)."""
+
+RATIOS = (("gss_ssl", "dividemix"), ("gss_sb", "ce"), ("gss_db", "ce"), ("dividemix", "ce"))
+"""Pairs whose total-time ratio is printed under the table when both were run."""
 
 
 def cost_floor(method: str, opts: dict, epochs: int) -> float:
@@ -71,6 +83,13 @@ def cost_floor(method: str, opts: dict, epochs: int) -> float:
         return (warm + per * (epochs - warm)) / epochs
     if method in ("jocor", "ce"):
         return float(opts.get("nets", 2 if method == "jocor" else 1))
+    if method == "gss":  # SB / DB train like 1 / 2 CE networks; `pool_probs: eval` adds one forward
+        if opts.get("variant") == "ssl":
+            return float("nan")  # DivideMix's cost depends on the labeled fraction of each epoch
+        nets = 1.0 if opts.get("variant", "sb") == "sb" else 2.0
+        return nets * (1.0 + (1 / 3 if opts.get("pool_probs") == "eval" else 0.0))
+    if method == "dividemix":
+        return float("nan")
     return {"coteaching": 2.0}.get(method, 1.0)
 
 
@@ -116,7 +135,8 @@ def main() -> None:
         train_method("ce", {}, warm, train, test, k, device, None)
     rows = []
     for name in args.variants.split(","):
-        method, opts = VARIANTS[name]
+        method, over = VARIANTS[name]
+        opts = {**(params.method.get(method) or {}), **over}
         with contextlib.redirect_stdout(io.StringIO()):
             m, ctx, res = train_method(
                 method,
@@ -176,8 +196,12 @@ def main() -> None:
         print(
             f"| {r['variant']} | {r['test_acc_last']:.3f} | {r['test_acc_best']:.3f} | "
             f"{r.get('f1', float('nan')):.3f} | {r.get('auroc', float('nan')):.3f} | {ratio} | {total} | "
-            f"{r['floor']:.2f}× |"
+            f"{r['floor']:.2f}× |".replace("nan×", "–")
         )
+    total = {r["variant"]: r["seconds"] for r in rows}
+    for a, b in RATIOS:
+        if a in total and b in total and b != "ce":
+            print(f"\n{a} / {b} total time: {total[a] / total[b]:.2f}×")
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "device": dev, "rows": rows}, indent=2))
 

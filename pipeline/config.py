@@ -167,6 +167,15 @@ class Params(Strict):
                 REGISTRY[m].options.model_validate(opts or {})
             except ValidationError as e:
                 raise ValueError(_format(e, f"method.{m}")) from None
+        for m in self.methods:
+            opts = REGISTRY[m].options.model_validate(self.method.get(m) or {})
+            warmups = opts.warmups() if hasattr(opts, "warmups") else {}  # {option key: epochs}
+            for key, value in warmups.items():
+                if value >= self.train.epochs:
+                    raise ValueError(
+                        f"method.{m}.{key}: {value} warm-up epochs leave none of train.epochs "
+                        f"({self.train.epochs})"
+                    )
         warm = REGISTRY["gal"].options.model_validate(self.method.get("gal") or {}).warmup_epochs
         if self.gal_agreement.rates and self.gal_agreement.epochs <= warm:
             raise ValueError(

@@ -80,6 +80,33 @@ def _agreement(table: pl.DataFrame) -> str:
     return _png(fig)
 
 
+POOL_PARTS = (
+    ("given", "given label ỹ"),
+    ("pred", "predicted label (≠ ỹ)"),
+    ("other", "other classes"),
+)
+
+
+def _pools(log: pl.DataFrame, method: str) -> str:
+    """GSS direction pools over training (the paper's Figure 2 idea): the mean pool mass on the given, the
+    predicted and the other labels, for clean and for mislabeled samples (epoch log columns pool_*)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, group, title in ((axes[0], "clean", "clean samples"), (axes[1], "noisy", "mislabeled samples")):
+        for i, (part, label) in enumerate(POOL_PARTS):
+            col = f"pool_{part}_{group}"
+            if col in log.columns:
+                ax.plot(log["epoch"], log[col], marker=".", color=f"C{i}", label=label)
+        if group == "noisy" and "pool_true_noisy" in log.columns:
+            ax.plot(log["epoch"], log["pool_true_noisy"], "k--", label="true label (not used)")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean pool mass")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{method}: where the direction pools put their mass", fontsize=11)
+    return _png(fig)
+
+
 def _score_hist(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame]) -> str:
     n = len(scores)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
@@ -290,6 +317,18 @@ def render_report(
             "<table><tr><th>noise</th><th>realised</th><th>scalars with g ≥ τ</th><th>tensors with g ≥ τ</th>"
             f"<th>mean g</th></tr>{rows_a}</table>" + _agreement(agreement)
         )
+    pool_logs = {m: log for m, log in logs.items() if "pool_given_clean" in log.columns}
+    pools = ""
+    if pool_logs:
+        gss = REGISTRY["gss"].options.model_validate(params.method.get("gss") or {})
+        pools = (
+            "<h2>GSS: direction pools during training (the paper's Figure 2 idea)</h2>"
+            f"<p>variant <b>{gss.variant}</b>. Each sample's training label is drawn from its pool every "
+            "step; a mislabeled sample's pool should move its mass off the given label (onto the "
+            "predicted one, or spread out), a clean sample's should stay on it. Means after each epoch "
+            "(SSL: the pool in use for each sample).</p>"
+            + "".join(_pools(log, m) for m, log in pool_logs.items())
+        )
     gallery = _gallery(
         cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size
     )
@@ -314,6 +353,7 @@ th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 <h2>Cleaning and retraining</h2>{ctab}
 <h2>Figures</h2><div class="figs">{"".join(figs)}</div>
 {fig1}
+{pools}
 <h2>Most suspicious samples</h2>
 <p>Ranked by mean noise_score over {html.escape(", ".join(params.clean.methods))}.</p>
 {gallery}</body></html>"""

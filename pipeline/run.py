@@ -20,7 +20,7 @@ from pipeline.errors import DataError
 from pipeline.io import read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.noise import apply_noise, noise_report
-from pipeline.schemas import CLEANED, INGESTED, NOISY, OOF_PROBS, SCORES
+from pipeline.schemas import CLEANED, INGESTED, NOISY, OOF_PROBS, POOL_HISTORY, SCORES
 from pipeline.train import FitResult, TrainContext, fit, resolve_device
 from pipeline.validation import validate
 
@@ -205,8 +205,10 @@ def run_train(
     log_out: Path,
     checkpoint: Path | None,
     steps_out: Path,
+    history_out: Path,
 ) -> None:
-    """Train one registry method on the noisy labels; write its score table, epoch log and step log.
+    """Train one registry method on the noisy labels; write its score table, epoch log, step log and
+    pool-history table (GSS with `history: true`; a table with no rows otherwise).
 
     The noise estimate is read from `noise_report.json` and `oof_probs.parquet` beside `noisy_path`.
     """
@@ -229,10 +231,17 @@ def run_train(
         noise_rate=rate,
         oof_probs=oof,
     )
-    scores = scores_frame(name, ctx, method.export(), params.train.flag_threshold)
+    output = method.export()
+    scores = scores_frame(name, ctx, output, params.train.flag_threshold)
     validate(scores, SCORES, len(names), str(scores_out))
+    history = output.history
+    if history is not None:
+        validate(history, POOL_HISTORY, len(names), str(history_out))
+    else:
+        history = POOL_HISTORY.arrow_schema().empty_table()
     with staged_outputs() as out:
         out.write_table(scores_out, scores, SCORES, names)
+        out.write_table(history_out, history, POOL_HISTORY, names)
         out.write_csv(log_out, pl.DataFrame(res.log))
         out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
     last = res.log[-1]

@@ -33,6 +33,7 @@ class Column:
         unique: Whether values must be unique.
         allowed: Closed set of allowed values, if any.
         is_label: Values are class indices in [0, K-1] (K known only at run time).
+        distribution: A list of K non-negative values summing to 1 (probabilities, direction pools).
     """
 
     name: str
@@ -45,6 +46,7 @@ class Column:
     unique: bool = False
     allowed: tuple[str, ...] | None = None
     is_label: bool = False
+    distribution: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,9 @@ SCORES = TableSchema(
             description="Method-specific; for CE it is 1 - p(given_label).",
         ),
         Column("is_flagged", pa.bool_(), description="The method calls the given label wrong."),
-        Column("probs", pa.list_(pa.float32()), description="Class probabilities, length K, sum 1."),
+        Column(
+            "probs", pa.list_(pa.float32()), distribution=True, description="Class probabilities, length K."
+        ),
         Column(
             "grad_similarity",
             pa.float32(),
@@ -185,7 +189,97 @@ SCORES = TableSchema(
         ),
     ),
     allow_extra=True,
+    # Method-specific columns: checked when present (a method writes only its own).
+    extra_columns=(
+        Column(
+            "kept_fraction",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = selected as small-loss more often (more likely clean)",
+            description="JoCoR, Co-teaching: share of epochs the sample was selected.",
+        ),
+        Column(
+            "joint_loss",
+            pa.float32(),
+            nullable=True,
+            min_value=0.0,
+            direction="higher = more likely noisy",
+            description="JoCoR: last joint loss (CE + contrast) of the sample; null if never seen.",
+        ),
+        Column("joint_pseudo_label", pa.int32(), is_label=True, description="GAL: argmax of p_A + p_B."),
+        Column(
+            "joint_confidence",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = θA and θB more confident in joint_pseudo_label",
+            description="GAL: max of ½(p_A + p_B).",
+        ),
+        Column("ab_disagree", pa.bool_(), description="GAL: θA and θB predict different classes."),
+        Column(
+            "direction_pool",
+            pa.list_(pa.float32()),
+            distribution=True,
+            description="GSS: the (first) network's direction pool D / ΣD, length K (SSL: the pool in use, "
+            "labeled- or unlabeled-set). Mass on the given label = 1 - noise_score for one network.",
+        ),
+        Column(
+            "direction_pool_peer",
+            pa.list_(pa.float32()),
+            distribution=True,
+            description="GSS-DB / GSS-SSL: the second network's direction pool, length K.",
+        ),
+        Column(
+            "pool_entropy",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = pool closer to uniform (the label is uncertain)",
+            description="GSS: entropy of direction_pool / log K.",
+        ),
+        Column(
+            "pool_entropy_peer",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = pool closer to uniform",
+            description="GSS-DB / GSS-SSL: entropy of direction_pool_peer / log K.",
+        ),
+        Column(
+            "clean_probability",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = more likely clean",
+            description="DivideMix, GSS-SSL: GMM posterior of the low-loss component, mean of both "
+            "networks, after training.",
+        ),
+    ),
 )
+
+POOL_HISTORY = TableSchema(
+    "pool_history",
+    (
+        Column("sample_id", pa.int64(), min_value=0, description="Training sample (one row per epoch)."),
+        Column("epoch", pa.int32(), min_value=1, description="Pools after this epoch (1-based)."),
+        Column(
+            "pool",
+            pa.list_(pa.float32()),
+            distribution=True,
+            description="Direction pool D / ΣD of the (first) network, length K.",
+        ),
+        Column(
+            "pool_peer",
+            pa.list_(pa.float32()),
+            nullable=True,
+            distribution=True,
+            description="Second network's pool (GSS-DB / GSS-SSL), null for one network.",
+        ),
+    ),
+)
+"""GSS with `history: true`: every sample's pools after every epoch, long format (N·E rows). Other methods
+and `history: false` write the table with no rows."""
 
 OOF_PROBS = TableSchema(
     "oof_probs",

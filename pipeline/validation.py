@@ -17,7 +17,7 @@ import polars as pl
 
 from pipeline.data.images import is_decodable
 from pipeline.errors import ValidationFailed
-from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES, TableSchema
+from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES, Column, TableSchema
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -32,12 +32,26 @@ class Rule:
     check: Callable[[pl.DataFrame, int], pl.Series]
 
 
-def _probs_ok(df: pl.DataFrame, k: int) -> pl.Series:
-    df = df.with_columns(pl.col("probs").cast(pl.List(pl.Float32)))
-    lens = df["probs"].list.len()
-    sums = df["probs"].list.sum()
-    mins = df["probs"].list.min()
-    return ((lens == k) & ((sums - 1.0).abs() < 1e-3) & (mins >= 0.0)).fill_null(False)
+def distribution_rule(column: Column) -> Rule:
+    """Rows of a `distribution` column hold K non-negative values summing to 1 (null rows pass when the
+    column is nullable)."""
+
+    def check(df: pl.DataFrame, k: int) -> pl.Series:
+        col = df[column.name].cast(pl.List(pl.Float32))
+        ok = (col.list.len() == k) & ((col.list.sum() - 1.0).abs() < 1e-3) & (col.list.min() >= 0.0)
+        return ok.fill_null(column.nullable) if column.nullable else ok.fill_null(False)
+
+    return Rule(f"{column.name} has K non-negative entries summing to 1", check)
+
+
+def rules_for(schema: TableSchema, columns: list[str]) -> tuple[Rule, ...]:
+    """The table's rules plus one distribution rule per distribution column present."""
+    dist = tuple(
+        distribution_rule(c)
+        for c in schema.columns + schema.extra_columns
+        if c.distribution and c.name in columns
+    )
+    return dist + RULES.get(schema.name, ())
 
 
 RULES: dict[str, tuple[Rule, ...]] = {
@@ -54,7 +68,6 @@ RULES: dict[str, tuple[Rule, ...]] = {
         ),
     ),
     SCORES.name: (
-        Rule("probs has K non-negative entries summing to 1", _probs_ok),
         Rule(
             "pseudo_label is the argmax of probs",
             lambda df, k: (
@@ -98,15 +111,16 @@ def _gx_context():
     return ctx
 
 
-def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str]):
-    """The GX ExpectationSuite for `schema` (only columns present in the frame are checked)."""
+def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str], rules: tuple[Rule, ...]):
+    """The GX ExpectationSuite for `schema`: column expectations for `frame_columns` (the flat columns
+    present), and one all-true expectation per rule on its `_rule{i}` column."""
     import great_expectations as gx
 
     E = gx.expectations
     suite = gx.ExpectationSuite(name=f"gradclean.{schema.name}")
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
     for c in schema.columns + schema.extra_columns:
-        if c.name not in frame_columns or c.name in ("image", "probs"):
+        if c.name not in frame_columns:  # absent, or a list/binary column (checked by rules)
             continue
         if not c.nullable:
             suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=c.name))
@@ -122,7 +136,7 @@ def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str])
             )
         if c.allowed is not None:
             suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed)))
-    for i, rule in enumerate(RULES.get(schema.name, ())):
+    for i, rule in enumerate(rules):
         suite.add_expectation(
             E.ExpectColumnValuesToBeInSet(column=f"_rule{i}", value_set=[True], meta={"rule": rule.name})
         )
@@ -137,8 +151,9 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
     """
     if frame.height == 0:
         raise ValidationFailed(f"{where}: table '{schema.name}' is empty")
-    rules = RULES.get(schema.name, ())
-    checked = frame.select([c for c in frame.columns if c not in ("image", "probs")]).with_columns(
+    rules = rules_for(schema, frame.columns)
+    flat = [c for c, t in frame.schema.items() if not isinstance(t, (pl.List, pl.Binary))]
+    checked = frame.select(flat).with_columns(
         [rule.check(frame, num_classes).alias(f"_rule{i}") for i, rule in enumerate(rules)]
     )
     pdf = checked.to_pandas()
@@ -149,7 +164,7 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
         .add_batch_definition_whole_dataframe("all")
         .get_batch(batch_parameters={"dataframe": pdf})
     )
-    suite = build_suite(schema, num_classes, list(checked.columns))
+    suite = build_suite(schema, num_classes, flat, rules)
     fmt = {"result_format": "COMPLETE"}
     index_cols = [c for c in ("sample_id", "source_path") if c in pdf.columns]  # source_path: find the file
     if index_cols:

@@ -1,4 +1,5 @@
-"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores, epoch/step logs, checkpoint."""
+"""Stage train@<method>: params `seed`, `train`, `method.<method>` -> scores, epoch/step logs, pool history,
+checkpoint."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ def _args(p):
     p.add_argument("--logs-dir", type=Path, default=Path("logs"))
     p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
     p.add_argument("--steps-dir", type=Path, default=Path("logs/steps"), help="per-step logs")
+    p.add_argument("--history-dir", type=Path, default=Path("scores/pool_history"), help="GSS pool histories")
 
 
 def main(argv=None) -> int:
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
             a.logs_dir / f"{a.method}.csv",
             a.checkpoint_dir / f"{a.method}.pt",
             a.steps_dir / f"{a.method}.csv",
+            a.history_dir / f"{a.method}.parquet",
         ),
         argv,
     )

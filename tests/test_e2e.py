@@ -38,6 +38,8 @@ def tiny_params(base: dict) -> dict:
     )
     p["evaluate"]["gallery_size"] = 6
     p["method"]["gal"]["warmup_epochs"] = 1
+    p["method"]["dividemix"]["warmup_epochs"] = 1
+    p["method"]["gss"]["history"] = True
     p["gal_agreement"] = {"rates": [0.0, 0.5], "epochs": 2}
     return p
 
@@ -128,6 +130,20 @@ def test_every_declared_output_exists_and_reads(repo):
         pl.read_parquet(root / "scores/gal.parquet").columns
     )
     assert pl.read_csv(root / "reports/plots/pr/ce.csv").columns == ["recall", "precision"]
+    gss = pl.read_parquet(root / "scores/gss.parquet")
+    assert {"direction_pool", "direction_pool_peer", "pool_entropy"} <= set(gss.columns)  # default: db
+    mass = gss.select(
+        pl.col(c).list.get(pl.col("given_label")) for c in ("direction_pool", "direction_pool_peer")
+    )
+    mean_mass = (mass["direction_pool"] + mass["direction_pool_peer"]) / 2
+    assert (mean_mass - (1 - gss["noise_score"])).abs().max() < 1e-5  # noise = 1 - mean mass on ỹ
+    history = pl.read_parquet(root / "scores/pool_history/gss.parquet")
+    assert history.height == 2 * 150 and sorted(set(history["epoch"])) == [1, 2]
+    assert pl.read_parquet(root / "scores/pool_history/ce.parquet").height == 0
+    dm = pl.read_parquet(root / "scores/dividemix.parquet")
+    assert dm["clean_probability"].is_between(0, 1).all()
+    assert (dm["noise_score"] - (1 - dm["clean_probability"])).abs().max() < 1e-5
+    assert "direction pools during training" in html
 
 
 def test_second_repro_is_a_no_op(repo):

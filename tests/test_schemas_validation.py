@@ -58,7 +58,8 @@ def scores() -> pl.DataFrame:
             "is_flagged": [False, True, True, False],
             "probs": pl.Series(probs, dtype=pl.List(pl.Float32)),
             "grad_similarity": pl.Series([0.1, -0.4, None, 0.9], dtype=pl.Float32),
-            "direction_pool": pl.Series([0, 1, 0, 1], dtype=pl.Int32),  # a method column
+            "direction_pool": pl.Series(probs, dtype=pl.List(pl.Float32)),  # a declared method column
+            "my_score": pl.Series([0, 1, 0, 1], dtype=pl.Int32),  # an undeclared one passes through
         }
     )
 
@@ -153,7 +154,22 @@ def test_check_extra_columns() -> None:
     with pytest.raises(ValidationFailed, match=r"n.parquet: unexpected column\(s\) \['oops'\]"):
         NOISY.check(noisy().with_columns(pl.lit(1).alias("oops")).to_arrow(), "n.parquet")
     table = SCORES.check(scores().to_arrow(), "s.parquet")  # scores allow method columns
-    assert "direction_pool" in table.column_names
+    assert "direction_pool" in table.column_names and "my_score" in table.column_names
+
+
+def test_declared_method_columns_are_checked() -> None:
+    """A declared extra column (GSS's direction_pool) must have its type, and its rows must be pools."""
+    bad_type = scores().with_columns(pl.Series("direction_pool", [0, 1, 0, 1], dtype=pl.Int32))
+    with pytest.raises(ValidationFailed, match="direction_pool"):
+        SCORES.check(bad_type.to_arrow(), "s.parquet")
+    validate(scores(), SCORES, 3, "s.parquet")
+    pools = [[0.5, 0.5, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]  # row 11 sums to 0.6
+    bad_sum = scores().with_columns(pl.Series("direction_pool", pools, dtype=pl.List(pl.Float32)))
+    with pytest.raises(ValidationFailed, match=r"direction_pool has K non-negative.*sample_id 11"):
+        validate(bad_sum, SCORES, 3, "s.parquet")
+    bad_range = scores().with_columns(pl.Series("pool_entropy", [0.1, 1.5, 0.2, 0.3], dtype=pl.Float32))
+    with pytest.raises(ValidationFailed, match=r"pool_entropy.*sample_id 11"):
+        validate(bad_range, SCORES, 3, "s.parquet")
 
 
 def test_check_keeps_metadata() -> None:

@@ -25,12 +25,14 @@ class MethodOutput:
         extra: further score columns (name -> length-N numpy array or list), e.g. direction pools.
         flagged: (N,) bool flags when the method decides them itself (e.g. confident learning); None =
             noise_score >= train.flag_threshold.
+        history: per-epoch evidence in the POOL_HISTORY layout (GSS with `history: true`), None = none.
     """
 
     probs: torch.Tensor
     noise_score: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     flagged: torch.Tensor | None = None
+    history: pl.DataFrame | None = None
 
 
 class Method(Protocol):

@@ -73,6 +73,10 @@ class GALOptions(Strict):
     update: Literal["agreement", "random", "all"] = "agreement"
     third_net: bool = True  # train θC on the joint pseudo-labels and report it
 
+    def warmups(self) -> dict[str, int]:
+        """Warm-up lengths the params check against train.epochs."""
+        return {"warmup_epochs": self.warmup_epochs}
+
 
 # ----------------------------------------------------------------------------------------------- sampling
 class CDASampler:
