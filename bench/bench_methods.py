@@ -56,8 +56,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gal_identical": ("gal", {"sampling": "identical"}),
     "gal_w8": ("gal", {"warmup_epochs": 8}),  # the paper's 80/200 warm-up share on a 20-epoch run
     "gss_sb": ("gss", {"variant": "sb"}),
-    "gss_sb_eval": ("gss", {"variant": "sb", "pool_probs": "eval"}),  # ALGORITHMS.md's eval pass
+    "gss_sb_train": ("gss", {"variant": "sb", "pool_probs": "train"}),  # p from the training passes
     "gss_db": ("gss", {"variant": "db"}),
+    "gss_db_train": ("gss", {"variant": "db", "pool_probs": "train"}),
     "gss_ssl": ("gss", {"variant": "ssl"}),
     "dividemix": ("dividemix", {}),
 }
@@ -83,11 +84,10 @@ def cost_floor(method: str, opts: dict, epochs: int) -> float:
         return (warm + per * (epochs - warm)) / epochs
     if method in ("jocor", "ce"):
         return float(opts.get("nets", 2 if method == "jocor" else 1))
-    if method == "gss":  # SB / DB train like 1 / 2 CE networks; `pool_probs: eval` adds one forward
+    if method == "gss":  # SB / DB train like 1 / 2 CE networks (the optional eval pass is not counted)
         if opts.get("variant") == "ssl":
             return float("nan")  # DivideMix's cost depends on the labeled fraction of each epoch
-        nets = 1.0 if opts.get("variant", "sb") == "sb" else 2.0
-        return nets * (1.0 + (1 / 3 if opts.get("pool_probs") == "eval" else 0.0))
+        return 1.0 if opts.get("variant", "sb") == "sb" else 2.0
     if method == "dividemix":
         return float("nan")
     return {"coteaching": 2.0}.get(method, 1.0)

@@ -39,7 +39,7 @@ def tiny_params(base: dict) -> dict:
     p["evaluate"]["gallery_size"] = 6
     p["method"]["gal"]["warmup_epochs"] = 1
     p["method"]["dividemix"]["warmup_epochs"] = 1
-    p["method"]["gss"]["history"] = True
+    p["method"]["gss"].update(history=True, variant="db")  # the default is sb: cover both pools here
     p["gal_agreement"] = {"rates": [0.0, 0.5], "epochs": 2}
     return p
 
@@ -131,7 +131,7 @@ def test_every_declared_output_exists_and_reads(repo):
     )
     assert pl.read_csv(root / "reports/plots/pr/ce.csv").columns == ["recall", "precision"]
     gss = pl.read_parquet(root / "scores/gss.parquet")
-    assert {"direction_pool", "direction_pool_peer", "pool_entropy"} <= set(gss.columns)  # default: db
+    assert {"direction_pool", "direction_pool_peer", "pool_entropy"} <= set(gss.columns)
     mass = gss.select(
         pl.col(c).list.get(pl.col("given_label")) for c in ("direction_pool", "direction_pool_peer")
     )

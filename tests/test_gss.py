@@ -103,7 +103,7 @@ def _gss(variant: str, noise: float = 0.4, epochs: int = 3, n: int = 160, **opts
 
 
 def test_db_updates_each_pool_from_the_peers_predictions():
-    method, ctx = _gss("db", epochs=3)
+    method, ctx = _gss("db", epochs=3, pool_probs="train")
     for e in range(2):
         method.train_epoch(e)
     before = method.pools.clone()
@@ -263,3 +263,24 @@ def test_gss_sb_and_db_beat_ce_at_40_percent_noise():
     db = _final_accuracy("gss", {"variant": "db"}, 0.4)
     print(f"40% symmetric: ce {ce:.3f}, gss-sb {sb:.3f}, gss-db {db:.3f}")
     assert sb > ce + 0.05 and db > ce + 0.05
+
+
+def test_paper_preset_is_valid_and_has_the_papers_settings():
+    from pathlib import Path
+
+    from pipeline.config import load_params
+
+    p = load_params(Path(__file__).resolve().parents[1] / "presets" / "gss_cifar10.yaml")
+    t = p.train
+    assert (p.data.source, t.backbone, t.small_stem, t.image_size, t.batch_size) == (
+        "cifar10",
+        "resnet18",
+        True,
+        32,
+        128,
+    )
+    assert (t.optimizer, t.lr, t.schedule, t.momentum, t.weight_decay) == ("sgd", 0.01, "cosine", 0.9, 5e-4)
+    gss = REGISTRY["gss"].options.model_validate(p.method["gss"])
+    assert gss.variant == "ssl" and (gss.labeled_lambda1, gss.labeled_lambda2) == (0.1, 0.0)
+    assert (gss.unlabeled_lambda1, gss.unlabeled_lambda2) == (0.2, 0.5)
+    assert {"gss", "dividemix", "ce"} <= set(p.methods) and p.noise.rate == 0.4
