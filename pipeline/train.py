@@ -117,6 +117,22 @@ def load_states(objs: Iterable[Any], states: Iterable[dict[str, Any]]) -> None:
         obj.load_state_dict(state)
 
 
+def nets_state(nets: list[nn.Module], opts: list, scheds: list) -> dict[str, Any]:
+    """State of several networks with their own optimisers and schedulers: keys nets, opts, scheds."""
+    return {
+        "nets": [n.state_dict() for n in nets],
+        "opts": [o.state_dict() for o in opts],
+        "scheds": [s.state_dict() for s in scheds],
+    }
+
+
+def load_nets_state(state: dict[str, Any], nets: list[nn.Module], opts: list, scheds: list) -> None:
+    """Restore `nets_state` output."""
+    load_states(nets, state["nets"])
+    load_states(opts, state["opts"])
+    load_states(scheds, state["scheds"])
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainParams) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay), Adam or AdamW from the shared params."""
     if cfg.optimizer == "sgd":

@@ -16,9 +16,10 @@ from pipeline.train import (
     TrainContext,
     build_nets,
     ce_step,
-    load_states,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict_mean,
     progress,
 )
@@ -63,16 +64,10 @@ class CrossEntropy:
         return self.opts[0].param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "nets": [n.state_dict() for n in self.nets],
-            "opts": [o.state_dict() for o in self.opts],
-            "scheds": [s.state_dict() for s in self.scheds],
-        }
+        return nets_state(self.nets, self.opts, self.scheds)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_states(self.nets, state["nets"])
-        load_states(self.opts, state["opts"])
-        load_states(self.scheds, state["scheds"])
+        load_nets_state(state, self.nets, self.opts, self.scheds)
 
 
 SPEC = register(MethodSpec("ce", CEOptions, CrossEntropy, "cross-entropy baseline (1 or 2 networks)"))

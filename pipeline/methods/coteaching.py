@@ -17,9 +17,10 @@ from pipeline.train import (
     EpochResult,
     TrainContext,
     build_nets,
-    load_states,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict_mean,
     progress,
 )
@@ -88,16 +89,12 @@ class Coteaching:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "nets": [n.state_dict() for n in self.nets],
-            "opts": [o.state_dict() for o in self.opts],
-            "scheds": [s.state_dict() for s in self.scheds],
+            **nets_state(self.nets, self.opts, self.scheds),
             "kept": self.kept.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_states(self.nets, state["nets"])
-        load_states(self.opts, state["opts"])
-        load_states(self.scheds, state["scheds"])
+        load_nets_state(state, self.nets, self.opts, self.scheds)
         self.kept.load_state_dict(state["kept"])
 
 

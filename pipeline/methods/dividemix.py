@@ -46,9 +46,10 @@ from pipeline.train import (
     TrainContext,
     build_nets,
     ce_step,
-    load_states,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict,
     predict_mean,
     progress,
@@ -336,7 +337,6 @@ class DivideMix:
         self.nets = build_nets(ctx, 2)
         self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
-        self.clean_prob = torch.ones(len(ctx.train), device=ctx.device)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         ctx, o = self.ctx, self.o
@@ -347,7 +347,6 @@ class DivideMix:
             acc, lu = codivide_epoch(
                 self.nets, self.opts, ctx, o, epoch, divisions, f"dividemix e{epoch + 1}"
             )
-            self.clean_prob = 0.5 * (divisions[0].clean_prob + divisions[1].clean_prob)
             kept = divisions[0].labeled | divisions[1].labeled
             res = acc.result(
                 kept,
@@ -379,17 +378,11 @@ class DivideMix:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "nets": [n.state_dict() for n in self.nets],
-            "opts": [o.state_dict() for o in self.opts],
-            "scheds": [s.state_dict() for s in self.scheds],
-            "clean_prob": self.clean_prob,
+            **nets_state(self.nets, self.opts, self.scheds),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_states(self.nets, state["nets"])
-        load_states(self.opts, state["opts"])
-        load_states(self.scheds, state["scheds"])
-        self.clean_prob = state["clean_prob"].to(self.ctx.device)
+        load_nets_state(state, self.nets, self.opts, self.scheds)
 
 
 def divide_both(

@@ -57,9 +57,10 @@ from pipeline.train import (
     EpochResult,
     TrainContext,
     build_nets,
-    load_states,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict,
     predict_mean,
     progress,
@@ -209,7 +210,6 @@ class GSS:
         self.pools = init_pools(labels, ctx.num_classes, n)
         self.upools = init_pools(labels, ctx.num_classes, n) if opts.variant == "ssl" else None
         self.seen = torch.full((n, len(labels), ctx.num_classes), 1.0 / ctx.num_classes, device=ctx.device)
-        self.clean_prob = torch.ones(len(labels), device=ctx.device)
         self.labeled = torch.ones(n, len(labels), dtype=torch.bool, device=ctx.device)  # ssl: per network
         self.gen = torch.Generator(device=ctx.device)
         self.gen.manual_seed(ctx.seed + 11)
@@ -240,7 +240,8 @@ class GSS:
                 opt.zero_grad(set_to_none=True)
                 loss.mean().backward()
                 opt.step()
-                self.seen[j, idx] = logits.detach().softmax(-1)
+                if o.pool_probs == "train":
+                    self.seen[j, idx] = logits.detach().softmax(-1)
                 if j == 0:
                     acc.add(loss, logits, y)
             switched.append((draws != y).float().mean())
@@ -290,7 +291,6 @@ class GSS:
             label_x=label_x,
             hint_u=hint_u,
         )
-        self.clean_prob = 0.5 * (divisions[0].clean_prob + divisions[1].clean_prob)
         self.labeled = torch.stack([divisions[1].labeled, divisions[0].labeled])  # network j's labeled set
         active = self.active_pools()
         extra = pool_mass_summary(active[0], ctx.train.labels, probs[0].argmax(-1), ctx.train.true_labels)
@@ -369,13 +369,10 @@ class GSS:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "nets": [n.state_dict() for n in self.nets],
-            "opts": [o.state_dict() for o in self.opts],
-            "scheds": [s.state_dict() for s in self.scheds],
+            **nets_state(self.nets, self.opts, self.scheds),
             "pools": self.pools,
             "upools": self.upools,
             "seen": self.seen,
-            "clean_prob": self.clean_prob,
             "labeled": self.labeled,
             "gen": self.gen.get_state(),
             "history": [(e, q) for e, q in self.history],
@@ -383,12 +380,9 @@ class GSS:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dev = self.ctx.device
-        load_states(self.nets, state["nets"])
-        load_states(self.opts, state["opts"])
-        load_states(self.scheds, state["scheds"])
+        load_nets_state(state, self.nets, self.opts, self.scheds)
         self.pools, self.seen = state["pools"].to(dev), state["seen"].to(dev)
         self.upools = None if state["upools"] is None else state["upools"].to(dev)
-        self.clean_prob = state["clean_prob"].to(dev)
         self.labeled = state["labeled"].to(dev)
         self.gen.set_state(state["gen"])
         self.history = [(int(e), q) for e, q in state["history"]]
