@@ -9,6 +9,11 @@ params.yaml (ingest + noise in memory; nothing is written except the optional --
     python bench/bench_methods.py --epochs 20 --variants ce,coteaching,jocor,jocor3,jocor3c,cl
     python bench/bench_methods.py --variants ce,gal,gal_w8,ce     # CE twice: the reference is their mean
     python bench/bench_methods.py --variants ce,gss_sb,gss_db,dividemix,gss_ssl,ce
+    python bench/bench_methods.py --variants \
+        ce,gradsim,gradsim_score,gradsim_a1,gradsim_a8,gradsim_k16,gradsim_kall,ce
+
+Every row also times the `grad_similarity` scoring pass on the trained networks (its share of the variant's
+training time) and reports the AUROC of grad_similarity as a label-error detector.
 
 Each variant's options are laid over params.yaml's `method.<method>` section.
 """
@@ -22,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -33,7 +39,8 @@ import torch  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.memory import load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
-from pipeline.evaluate import detection_metrics  # noqa: E402
+from pipeline.evaluate import detection_metrics, similarity_detection  # noqa: E402
+from pipeline.grad_similarity import grad_similarity  # noqa: E402
 from pipeline.methods import scores_frame  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
@@ -61,10 +68,24 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gss_db_train": ("gss", {"variant": "db", "pool_probs": "train"}),
     "gss_ssl": ("gss", {"variant": "ssl"}),
     "dividemix": ("dividemix", {}),
+    "gradsim": ("gradsim", {}),  # a = 4, k = 4 (params.yaml)
+    "gradsim_score": ("gradsim", {"mode": "score_only"}),  # CE + the weights computed: the scoring overhead
+    "gradsim_drop": ("gradsim", {"mode": "drop_bottom"}),
+    "gradsim_within": ("gradsim", {"within_class": True}),
+    "gradsim_a1": ("gradsim", {"a": 1.0}),  # ablation over a (k = 4)
+    "gradsim_a8": ("gradsim", {"a": 8.0}),
+    "gradsim_k16": ("gradsim", {"k": 16}),  # ablation over k (a = 4)
+    "gradsim_kall": ("gradsim", {"k": "all"}),
 }
 """Variant name -> (registry method, options over params.yaml's `method.<method>` section)."""
 
-RATIOS = (("gss_ssl", "dividemix"), ("gss_sb", "ce"), ("gss_db", "ce"), ("dividemix", "ce"))
+RATIOS = (
+    ("gss_ssl", "dividemix"),
+    ("gss_sb", "ce"),
+    ("gss_db", "ce"),
+    ("dividemix", "ce"),
+    ("gradsim", "ce"),
+)
 """Pairs whose total-time ratio is printed under the table when both were run."""
 
 
@@ -90,6 +111,8 @@ def cost_floor(method: str, opts: dict, epochs: int) -> float:
         return 1.0 if opts.get("variant", "sb") == "sb" else 2.0
     if method == "dividemix":
         return float("nan")
+    if method == "gradsim":  # one network; the B×B cosine matrix is not counted
+        return 1.0
     return {"coteaching": 2.0}.get(method, 1.0)
 
 
@@ -161,12 +184,16 @@ def main() -> None:
             "seconds": res.seconds,
             "median_epoch_seconds": float(np.median(per_epoch)),
         }
+        t0 = time.perf_counter()
+        k_sim = None if cfg.similarity_k == "all" else cfg.similarity_k
+        sim = grad_similarity(m.networks(), train, ctx, k=k_sim, seed=params.seed)
+        row["sim_share"] = (time.perf_counter() - t0) / res.seconds
         if truth is not None:
-            f = scores_frame(method, ctx, m.export(), cfg.flag_threshold)
-            d = detection_metrics(
-                truth != train.labels.cpu().numpy(), f["is_flagged"].to_numpy(), f["noise_score"].to_numpy()
-            )
+            f = scores_frame(method, ctx, m.export(), cfg.flag_threshold, sim)
+            is_noisy = truth != train.labels.cpu().numpy()
+            d = detection_metrics(is_noisy, f["is_flagged"].to_numpy(), f["noise_score"].to_numpy())
             row.update(f1=d["f1"], auroc=d["auroc"])
+            row["sim_auroc"] = similarity_detection(is_noisy, f["grad_similarity"].to_numpy())["auroc"]
         rows.append(row)
         print(f"{name}: {row['seconds']:.1f}s, test acc {row['test_acc_last']:.3f}", file=sys.stderr)
     # ratios of median epoch times: robust to a stray slow epoch on a shared machine
@@ -186,9 +213,9 @@ def main() -> None:
     )
     print(
         "| variant | test acc (last) | test acc (best) | detection F1 | AUROC | epoch time / CE "
-        "| total time / CE | floor |"
+        "| total time / CE | floor | grad_similarity AUROC | scoring pass / training |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['median_epoch_seconds'] / ce:.2f}×" if ce else "–"
         total = f"{r['seconds'] / ce_total:.2f}×" if ce_total else "–"
@@ -196,7 +223,9 @@ def main() -> None:
         print(
             f"| {r['variant']} | {r['test_acc_last']:.3f} | {r['test_acc_best']:.3f} | "
             f"{r.get('f1', float('nan')):.3f} | {r.get('auroc', float('nan')):.3f} | {ratio} | {total} | "
-            f"{r['floor']:.2f}× |".replace("nan×", "–")
+            f"{r['floor']:.2f}× | {r.get('sim_auroc', float('nan')):.3f} | {r['sim_share']:.1%} |".replace(
+                "nan×", "–"
+            )
         )
     total = {r["variant"]: r["seconds"] for r in rows}
     for a, b in RATIOS:

@@ -91,6 +91,9 @@ class TrainParams(Strict):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     eval_batch_size: int = Field(512, ge=1)
     flag_threshold: float = Field(0.5, ge=0.0, le=1.0)  # is_flagged = noise_score >= this
+    similarity_k: Annotated[int, Field(ge=1)] | Literal["all"] = (
+        4  # grad_similarity pass: top-k partners per sample
+    )
     resume: bool = False  # continue from the last epoch checkpoint when its params match
     progress: bool = True  # tqdm bars
 

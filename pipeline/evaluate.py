@@ -42,6 +42,27 @@ def detection_metrics(is_noisy: np.ndarray, flagged: np.ndarray, noise_score: np
     }
 
 
+def similarity_detection(is_noisy: np.ndarray, grad_similarity: np.ndarray) -> dict[str, float]:
+    """`grad_similarity` as a label-error detector (low similarity = suspect): AUROC and AP of its negation,
+    and its mean over clean and over mislabeled samples. Samples without a score are left out.
+
+    Args:
+        is_noisy: (N,) bool truth.
+        grad_similarity: (N,) float in [-1, 1], NaN = not computed.
+    """
+    if len(is_noisy) != len(grad_similarity):
+        raise ValueError("similarity_detection: inputs differ in length")
+    ok = np.isfinite(grad_similarity.astype(float))
+    y, s = is_noisy[ok].astype(bool), grad_similarity[ok].astype(float)
+    both = 0 < y.sum() < len(y)
+    return {
+        "auroc": float(roc_auc_score(y, -s)) if both else float("nan"),
+        "average_precision": float(average_precision_score(y, -s)) if both else float("nan"),
+        "mean_clean": float(s[~y].mean()) if (~y).any() else float("nan"),
+        "mean_noisy": float(s[y].mean()) if y.any() else float("nan"),
+    }
+
+
 def _truth(noisy: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame | None:
     if noisy["true_label"].null_count():
         return None
@@ -130,6 +151,9 @@ def collect_metrics(
                 j["is_noisy"].to_numpy(), j["is_flagged"].to_numpy(), j["noise_score"].to_numpy()
             )
             row["pseudo_label_accuracy"] = float((j["pseudo_label"] == j["true_label"]).mean())
+            row["grad_similarity"] = similarity_detection(
+                j["is_noisy"].to_numpy(), j["grad_similarity"].to_numpy()
+            )
         out["methods"][m] = row
     acts = cleaned["action"]
     cl: dict[str, Any] = {

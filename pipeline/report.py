@@ -107,24 +107,46 @@ def _pools(log: pl.DataFrame, method: str) -> str:
     return _png(fig)
 
 
-def _score_hist(noisy: pl.DataFrame, scores: dict[str, pl.DataFrame]) -> str:
-    n = len(scores)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3), squeeze=False)
-    for ax, (m, s) in zip(axes[0], scores.items(), strict=True):
-        j = s.join(noisy.select("sample_id", "is_noisy"), on="sample_id")
-        bins = np.linspace(0, 1, 31)
-        ax.hist(
-            j.filter(~pl.col("is_noisy"))["noise_score"], bins=bins, alpha=0.6, label="clean", density=True
-        )
-        ax.hist(
-            j.filter(pl.col("is_noisy"))["noise_score"],
-            bins=bins,
-            alpha=0.6,
-            label="mislabeled",
-            density=True,
-        )
-        ax.set_title(f"{m}: noise_score")
-        ax.legend(fontsize=8)
+def _score_hist(
+    noisy: pl.DataFrame, scores: dict[str, pl.DataFrame], column: str, lo: float, hi: float, note: str = ""
+) -> str:
+    """Per method, the distribution of a score column for clean and for mislabeled samples (density),
+    four methods a row; methods whose column is all null are skipped."""
+    have = {m: s for m, s in scores.items() if column in s.columns and s[column].null_count() < s.height}
+    if not have:
+        return ""
+    cols = min(4, len(have))
+    rows = -(-len(have) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), squeeze=False)
+    bins = np.linspace(lo, hi, 31)
+    for ax, (m, s) in zip(axes.flat, have.items(), strict=False):
+        j = s.join(noisy.select("sample_id", "is_noisy"), on="sample_id").drop_nulls(column)
+        for flag, label in ((False, "clean"), (True, "mislabeled")):
+            ax.hist(
+                j.filter(pl.col("is_noisy") == flag)[column], bins=bins, alpha=0.6, label=label, density=True
+            )
+        ax.set_title(f"{m}: {column}{note}", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(have) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _ranking(log: pl.DataFrame, realised: float | None) -> str:
+    """The thesis' ranking figures: mislabeled samples among each batch's top-10 and bottom-10 weights,
+    epoch means (gradsim's epoch log columns top10_noisy, bottom10_noisy)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.plot(log["epoch"], log["top10_noisy"], marker=".", label="top-10 weights (lower is better)")
+    ax.plot(log["epoch"], log["bottom10_noisy"], marker=".", label="bottom-10 weights (higher is better)")
+    if realised is not None:
+        ax.axhline(10 * realised, color="k", ls="--", lw=1, label=f"random pick (10 × {realised:.2f})")
+    ax.set_ylim(0, 10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mislabeled samples of 10")
+    ax.set_title("gradsim: mislabeled samples in each batch's top / bottom 10")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -291,7 +313,7 @@ def render_report(
         figs += [
             _curves(logs, None, "label_precision", "label precision of the kept data"),
             _pr(noisy, scores),
-            _score_hist(noisy, scores),
+            _score_hist(noisy, scores, "noise_score", 0.0, 1.0),
         ]
         if report.get("realised_matrix") and len(class_names) <= 100:
             figs.append(_matrix(report["realised_matrix"], class_names, "realised noise transition"))
@@ -329,6 +351,27 @@ def render_report(
             "(SSL: the pool in use for each sample).</p>"
             + "".join(_pools(log, m) for m, log in pool_logs.items())
         )
+    sim = ""
+    if known:
+        rows_s = "".join(
+            f"<tr><td>{html.escape(m)}</td><td>{_fmt(r['grad_similarity']['auroc'])}</td>"
+            f"<td>{_fmt(r['grad_similarity']['average_precision'])}</td><td>{_fmt(r['grad_similarity']['mean_clean'])}"
+            f"</td><td>{_fmt(r['grad_similarity']['mean_noisy'])}</td></tr>"
+            for m, r in metrics["methods"].items()
+            if "grad_similarity" in r
+        )
+        rank = [_ranking(log, n["realised_rate"]) for m, log in logs.items() if "top10_noisy" in log.columns]
+        sim = (
+            "<h2>Gradient similarity</h2>"
+            f"<p>Every method's <code>grad_similarity</code>: after training, each sample's mean top-"
+            f"{params.train.similarity_k} cosine of last-layer gradients against a random minibatch of "
+            f"{params.train.batch_size} (lower = its gradient agrees with few others). As a detector of "
+            "mislabeled samples (score = −grad_similarity):</p>"
+            "<table><tr><th>method</th><th>AUROC</th><th>AP</th><th>mean, clean</th><th>mean, mislabeled</th>"
+            f"</tr>{rows_s}</table>"
+            + _score_hist(noisy, scores, "grad_similarity", -1.0, 1.0)
+            + "".join(rank)
+        )
     gallery = _gallery(
         cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size
     )
@@ -354,6 +397,7 @@ th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 <h2>Figures</h2><div class="figs">{"".join(figs)}</div>
 {fig1}
 {pools}
+{sim}
 <h2>Most suspicious samples</h2>
 <p>Ranked by mean noise_score over {html.escape(", ".join(params.clean.methods))}.</p>
 {gallery}</body></html>"""

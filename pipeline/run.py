@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.config import Params, TrainParams, validate_section
 from pipeline.data.memory import ImageData, load_split
 from pipeline.data.sources import ingest, subsample
 from pipeline.errors import DataError
+from pipeline.grad_similarity import grad_similarity
 from pipeline.io import read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.noise import apply_noise, noise_report
@@ -97,6 +99,9 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
 
 
 # ------------------------------------------------------------------------------------------------ train
+SIMILARITY_SEED = 7919  # offset of the grad_similarity pass's shuffle seed from params.seed
+
+
 def _train_fingerprint(cfg: TrainParams, extra: dict, labels: np.ndarray, seed: int) -> str:
     body = cfg.model_dump(exclude={"resume", "progress"})
     h = hashlib.sha256(json.dumps([body, extra, seed], sort_keys=True, default=str).encode())
@@ -232,7 +237,13 @@ def run_train(
         oof_probs=oof,
     )
     output = method.export()
-    scores = scores_frame(name, ctx, output, params.train.flag_threshold)
+    t0 = time.perf_counter()
+    k = params.train.similarity_k
+    sim = grad_similarity(
+        method.networks(), ctx.train, ctx, k=None if k == "all" else k, seed=params.seed + SIMILARITY_SEED
+    )
+    sim_seconds = time.perf_counter() - t0
+    scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
     validate(scores, SCORES, len(names), str(scores_out))
     history = output.history
     if history is not None:
@@ -247,7 +258,8 @@ def run_train(
     last = res.log[-1]
     print(
         f"train@{name}: test_acc {last['test_acc']:.4f} (best {max(r['test_acc'] for r in res.log):.4f}), "
-        f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s"
+        f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s; "
+        f"grad_similarity pass {sim_seconds:.2f}s ({sim_seconds / max(res.seconds, 1e-9):.1%} of training)"
     )
 
 

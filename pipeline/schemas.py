@@ -255,6 +255,22 @@ SCORES = TableSchema(
             description="DivideMix, GSS-SSL: GMM posterior of the low-loss component, mean of both "
             "networks, after training.",
         ),
+        Column(
+            "gradsim_weight",
+            pa.float32(),
+            nullable=True,
+            min_value=0.0,
+            direction="higher = gradient agrees with more of its batch (more likely clean); 1.0 = average",
+            description="gradsim: the sample's similarity weight × batch size, mean over the last "
+            "average_epochs epochs; null if it was never in a batch then.",
+        ),
+        Column(
+            "gradsim_rank",
+            pa.int32(),
+            min_value=1,
+            direction="lower = higher gradsim_weight (1 = most trusted)",
+            description="gradsim: rank of gradsim_weight over the training set, 1-based, ties by row.",
+        ),
     ),
 )
 

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_train import digits_data, make_ctx
+from test_train import digits_data, make_ctx, trained_at_40
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
@@ -248,12 +248,8 @@ def test_a_warm_up_as_long_as_the_run_is_an_error_naming_the_key():
 
 # --------------------------------------------------------------------------------------------- behaviour
 def _final_accuracy(name: str, opts: dict, noise: float) -> float:
-    train, test = digits_data(800, 400, noise=noise)
-    ctx = make_ctx(
-        train, test, epochs=12, augment={"pad_crop": 0}, model_kwargs={"channels": [16, 32, 64, 128]}
-    )
-    method = REGISTRY[name].build(REGISTRY[name].options(**opts), ctx)
-    return fit(method, ctx, name=name, epochs=12).log[-1]["test_acc"]
+    assert noise == 0.4  # the shared, cached setting of tests.test_train.trained_at_40
+    return trained_at_40(name, tuple(sorted(opts.items())))[2].log[-1]["test_acc"]
 
 
 @pytest.mark.slow

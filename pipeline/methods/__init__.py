@@ -7,6 +7,6 @@ A method is built from its validated options and a `TrainContext`; it satisfies 
 from pipeline.methods.base import REGISTRY, Method, MethodOutput, MethodSpec, register, scores_frame
 
 # Importing a method module registers it.
-from pipeline.methods import ce, cl, coteaching, dividemix, gal, gss, jocor  # noqa: E402,F401  isort: skip
+from pipeline.methods import ce, cl, coteaching, dividemix, gal, gradsim, gss, jocor  # noqa: E402,F401  isort: skip
 
 __all__ = ["REGISTRY", "Method", "MethodOutput", "MethodSpec", "register", "scores_frame"]

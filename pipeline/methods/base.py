@@ -44,6 +44,9 @@ class Method(Protocol):
     def predict(self, data: ImageData) -> torch.Tensor:
         """(N, K) probabilities of the reported model on `data`, eval mode."""
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks behind `predict`; the `grad_similarity` scoring pass averages over them."""
+
     def export(self) -> MethodOutput:
         """Per-sample outputs over ctx.train after training."""
 
@@ -77,8 +80,15 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
-def scores_frame(name: str, ctx: TrainContext, out: MethodOutput, flag_threshold: float) -> pl.DataFrame:
-    """Build the SCORES table (contract columns + the method's extra columns) from a MethodOutput."""
+def scores_frame(
+    name: str,
+    ctx: TrainContext,
+    out: MethodOutput,
+    flag_threshold: float,
+    grad_similarity: torch.Tensor | None = None,
+) -> pl.DataFrame:
+    """Build the SCORES table (contract columns + the method's extra columns) from a MethodOutput;
+    `grad_similarity` (N,) fills the contract column of that name (null when None)."""
     probs = out.probs.detach().float()
     probs = probs / probs.sum(-1, keepdim=True)
     given = ctx.train.labels
@@ -100,7 +110,12 @@ def scores_frame(name: str, ctx: TrainContext, out: MethodOutput, flag_threshold
                 else noise.cpu().numpy() >= flag_threshold
             ),
             "probs": pl.Series(p_np).cast(pl.List(pl.Float32)),
-            "grad_similarity": pl.Series([None] * len(given), dtype=pl.Float32),
+            "grad_similarity": pl.Series(
+                [None] * len(given)
+                if grad_similarity is None
+                else grad_similarity.detach().float().cpu().numpy(),
+                dtype=pl.Float32,
+            ).fill_nan(None),
         }
     )
     for col, values in out.extra.items():

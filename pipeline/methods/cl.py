@@ -80,6 +80,10 @@ class ConfidentLearning:
     def predict(self, data: ImageData) -> torch.Tensor:
         return predict(self.net, data, self.ctx)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The CE network trained here (the reported probabilities are the out-of-fold ones)."""
+        return [self.net]
+
     def export(self) -> MethodOutput:
         return MethodOutput(self.ctx.oof_probs.float(), noise_score=self.noise_score, flagged=self.flags)
 

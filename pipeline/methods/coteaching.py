@@ -81,6 +81,9 @@ class Coteaching:
     def predict(self, data: ImageData) -> torch.Tensor:
         return predict_mean(self.nets, data, self.ctx)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return self.nets
+
     def export(self) -> MethodOutput:
         return MethodOutput(self.predict(self.ctx.train), extra={"kept_fraction": self.kept.fraction()})
 

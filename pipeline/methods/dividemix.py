@@ -363,6 +363,9 @@ class DivideMix:
     def predict(self, data: ImageData) -> torch.Tensor:
         return predict_mean(self.nets, data, self.ctx)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return self.nets
+
     def export(self) -> MethodOutput:
         """Both networks' mean probabilities; `clean_probability` from a last GMM on each network's losses."""
         divisions, _ = divide_both(self.nets, self.ctx, self.o)

@@ -603,6 +603,12 @@ class GAL:
             return predict(self.c, data, self.ctx)
         return 0.5 * (predict(self.a, data, self.ctx) + predict(self.b, data, self.ctx))
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks behind `predict`: θ during the warm-up, then θC, or θA and θB without θC."""
+        if not self.cloned:
+            return [self.theta]
+        return [self.c] if self.c is not None else [self.a, self.b]
+
     def export(self) -> MethodOutput:
         """θC's probabilities (A+B mean without θC, θ during warm-up) and the joint A/B columns."""
         train = self.ctx.train

@@ -320,6 +320,9 @@ class GSS:
     def predict(self, data: ImageData) -> torch.Tensor:
         return predict_mean(self.nets, data, self.ctx)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return self.nets
+
     def export(self) -> MethodOutput:
         """Mean probabilities of the networks; pools, their entropy, noise = 1 − mean pool mass on ỹ."""
         ctx = self.ctx

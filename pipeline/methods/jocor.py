@@ -136,6 +136,9 @@ class JoCoR:
     def predict(self, data: ImageData) -> torch.Tensor:
         return predict_mean(self.nets, data, self.ctx)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return self.nets
+
     def export(self) -> MethodOutput:
         return MethodOutput(
             self.predict(self.ctx.train),
