@@ -76,6 +76,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gradsim_a8": ("gradsim", {"a": 8.0}),
     "gradsim_k16": ("gradsim", {"k": 16}),  # ablation over k (a = 4)
     "gradsim_kall": ("gradsim", {"k": "all"}),
+    **{  # the rest of the 3 × 3 grid a ∈ {1, 4, 8} × k ∈ {4, 16, all}
+        f"gradsim_a{a}_k{k}": ("gradsim", {"a": float(a), "k": k if k == "all" else int(k)})
+        for a in (1, 8)
+        for k in ("16", "all")
+    },
 }
 """Variant name -> (registry method, options over params.yaml's `method.<method>` section)."""
 

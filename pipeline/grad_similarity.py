@@ -27,7 +27,8 @@ def _check(features: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) ->
         )
     if not len(features) == len(probs) == len(labels):
         raise ValueError(f"batch sizes differ: {len(features)}, {len(probs)}, {len(labels)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+    # the value check reads the labels on the host: done for CPU tensors only (no device sync per step)
+    if labels.device.type == "cpu" and len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
         raise ValueError(f"labels must lie in [0, {probs.shape[1] - 1}]")
 
 
@@ -111,10 +112,12 @@ def similarity_weights(
         raise ValueError(f"cos must be a square matrix with at least 2 rows, got {tuple(cos.shape)}")
     top = _partner_scores(cos, k, labels)
     finite = torch.isfinite(top)
-    s = (a * top).exp().where(finite, torch.zeros_like(top)).sum(1) / finite.sum(1).clamp_min(1)
-    lone = finite.sum(1) == 0
-    if lone.any():
-        s = torch.where(lone, s[~lone].mean() if (~lone).any() else torch.ones_like(s), s)
+    count = finite.sum(1)
+    s = (a * top).exp().where(finite, torch.zeros_like(top)).sum(1) / count.clamp_min(1)
+    if labels is not None:  # lone samples take the mean of the others (1 when all are lone); no host sync
+        has = (count > 0).float()
+        mean = (s * has).sum() / has.sum().clamp_min(1)
+        s = torch.where(count > 0, s, torch.where(has.sum() > 0, mean, torch.ones_like(mean)))
     return s / s.sum()
 
 

@@ -370,7 +370,12 @@ def render_report(
             "<table><tr><th>method</th><th>AUROC</th><th>AP</th><th>mean, clean</th><th>mean, mislabeled</th>"
             f"</tr>{rows_s}</table>"
             + _score_hist(noisy, scores, "grad_similarity", -1.0, 1.0)
-            + "".join(rank)
+            + (
+                "<p>gradsim's ranking figures (the thesis' panels b and c): mislabeled samples among each "
+                "batch's top 10 and bottom 10 weights, mean per epoch.</p>" + "".join(rank)
+                if rank
+                else ""
+            )
         )
     gallery = _gallery(
         cleaned, scores, noisy, images, class_names, params.clean.methods, params.evaluate.gallery_size

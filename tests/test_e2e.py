@@ -156,7 +156,7 @@ def test_every_declared_output_exists_and_reads(repo):
     assert {"top10_noisy", "bottom10_noisy", "weight_clean", "weight_noisy"} <= set(
         pl.read_csv(root / "logs/gradsim.csv").columns
     )
-    assert "Gradient similarity" in html and "top / bottom 10" in html
+    assert "Gradient similarity" in html and "top 10 and bottom 10 weights" in html
 
 
 def test_second_repro_is_a_no_op(repo):

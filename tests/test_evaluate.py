@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.data.images import encode_png
-from pipeline.evaluate import collect_metrics, detection_metrics, pr_curve
+from pipeline.evaluate import collect_metrics, detection_metrics, pr_curve, similarity_detection
 from pipeline.report import render_report
 from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES
 
@@ -45,6 +45,22 @@ def test_detection_metrics_known_values() -> None:
     # positives at ranks 1, 2, 5: (1 + 1 + 3/5) / 3
     assert d["average_precision"] == pytest.approx((1 + 1 + 0.6) / 3)
     assert d["flagged"] == 3
+
+
+def test_similarity_detection_ranks_low_similarity_as_suspect() -> None:
+    is_noisy = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    # the noise scores above, negated and shifted into [-1, 1]: same ranking, so the same AUROC and AP
+    sim = -np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05]) + 0.5
+    d = similarity_detection(is_noisy, sim)
+    assert d["auroc"] == pytest.approx(13 / 15)
+    assert d["average_precision"] == pytest.approx((1 + 1 + 0.6) / 3)
+    assert d["mean_noisy"] == pytest.approx(0.5 - (0.9 + 0.8 + 0.3) / 3)
+    assert d["mean_clean"] == pytest.approx(0.5 - (0.7 + 0.2 + 0.1 + 0.4 + 0.05) / 5)
+    with_nan = similarity_detection(np.append(is_noisy, True), np.append(sim, np.nan))  # NaN rows left out
+    assert with_nan["auroc"] == pytest.approx(13 / 15)
+    assert math.isnan(similarity_detection(np.zeros(3, bool), np.zeros(3))["auroc"])
+    with pytest.raises(ValueError, match="differ in length"):
+        similarity_detection(is_noisy, sim[:3])
 
 
 def test_detection_metrics_perfect_and_inverted() -> None:
@@ -362,3 +378,31 @@ def test_report_escapes_class_names(params) -> None:
         params=params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"gallery_size": 6})}),
     )
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_report_shows_grad_similarity_detection_per_method(params) -> None:
+    """A method whose grad_similarity is low exactly on the three wrong labels gets AUROC 1 in the report's
+    gradient-similarity table and in metrics; a method without scores shows "–" and no histogram."""
+    noisy = noisy_frame(True)
+    scores = all_scores()
+    scores["ce"] = scores["ce"].with_columns(
+        grad_similarity=pl.Series([0.6, 0.5, 0.4, -0.2, 0.0, -0.1], dtype=pl.Float32)
+    )
+    m = collect_metrics(noisy, scores, logs(), cleaned_frame(), RETRAIN, REPORT, params)
+    assert m["methods"]["ce"]["grad_similarity"]["auroc"] == pytest.approx(1.0)
+    assert m["methods"]["alt"]["grad_similarity"]["auroc"] is None  # all null: not computed
+    html = render_report(
+        metrics=m,
+        noisy=noisy,
+        scores=scores,
+        logs=logs(),
+        cleaned=cleaned_frame(),
+        retrain_log=None,
+        report=REPORT,
+        class_names=NAMES,
+        images=images_frame(),
+        params=params,
+    )
+    section = html.split("<h2>Gradient similarity</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<tr><td>ce</td><td>1.000</td>" in section and "<tr><td>alt</td><td>–</td>" in section
+    assert len(_pngs(section)) == 1  # the clean / mislabeled histogram of the one method that has the column

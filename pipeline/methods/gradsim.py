@@ -121,7 +121,8 @@ class GradSim:
         record = epoch >= ctx.cfg.epochs - o.average_epochs
         acc = Accumulator(ctx.device)
         self.net.train()
-        ranks, w_clean, w_noisy = [], [], []
+        ranks = []
+        w_sums = torch.zeros(4, device=ctx.device)  # Σ weight clean, # clean, Σ weight noisy, # noisy
         for idx, x, y in (ctx.train_batch(b) for b in progress(ctx.batches(), ctx, f"gradsim e{epoch + 1}")):
             with ctx.amp:
                 h, logits = features_and_logits(self.net, x)
@@ -140,8 +141,10 @@ class GradSim:
             if self.noisy is not None:
                 nz = self.noisy[idx]
                 ranks.append(ranking_counts(w, nz))
-                w_clean.append(scaled[~nz].mean() if (~nz).any() else scaled.new_tensor(float("nan")))
-                w_noisy.append(scaled[nz].mean() if nz.any() else scaled.new_tensor(float("nan")))
+                nzf = nz.float()
+                w_sums += torch.stack(
+                    [(scaled * (1 - nzf)).sum(), (1 - nzf).sum(), (scaled * nzf).sum(), nzf.sum()]
+                )
         self.sched.step()
         nan = torch.full((len(acc.step_loss),), float("nan"), device=ctx.device)
         if ranks:
@@ -150,8 +153,8 @@ class GradSim:
             extra = {
                 "top10_noisy": r[:, 0].mean().item(),
                 "bottom10_noisy": r[:, 1].mean().item(),
-                "weight_clean": torch.stack(w_clean).nanmean().item(),
-                "weight_noisy": torch.stack(w_noisy).nanmean().item(),
+                "weight_clean": (w_sums[0] / w_sums[1]).item(),  # NaN when there are none
+                "weight_noisy": (w_sums[2] / w_sums[3]).item(),
             }
         else:
             steps = {"top10_noisy": nan, "bottom10_noisy": nan}
