@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from test_train import TINY, digits_data, make_ctx, trained_at_40
 from torch import nn
@@ -186,3 +188,25 @@ def test_gradsim_beats_ce_at_40_percent_noise_and_its_scores_detect_the_noise():
     assert acc["gradsim"] > acc["ce"] + 0.03
     for name, s in sims.items():
         assert roc_auc_score(noisy, -s.numpy()) > 0.7, name
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    b=st.integers(2, 12),
+    d=st.integers(1, 8),
+    k=st.integers(2, 6),
+    seed=st.integers(0, 2**31 - 1),
+    bias=st.booleans(),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+)
+def test_property_cosine_is_symmetric_bounded_and_unit_on_the_diagonal(b, d, k, seed, bias, scale):
+    g = torch.Generator().manual_seed(seed)
+    h = scale * torch.randn(b, d, generator=g)
+    probs = torch.randn(b, k, generator=g).softmax(-1)
+    labels = torch.randint(0, k, (b,), generator=g)
+    cos = last_layer_cosine(h, probs, labels, bias=bias)
+    assert torch.isfinite(cos).all() and (cos.abs() <= 1).all()
+    assert torch.allclose(cos, cos.T, atol=1e-6)
+    assert torch.allclose(cos.diagonal(), torch.ones(b), atol=1e-4)
+    w = similarity_weights(cos, k=min(4, b - 1), a=4.0)
+    assert (w >= 0).all() and w.sum().item() == pytest.approx(1.0, abs=1e-5)
