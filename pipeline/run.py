@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +144,13 @@ def train_method(
     *,
     noise_rate: float | None = None,
     oof_probs: torch.Tensor | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[object, TrainContext, FitResult]:
     """Build method `name` from its options and train it under the epoch driver.
 
     `noise_rate` is the estimated rate (what `forget_rate: auto` means) and `oof_probs` (N, K) the
-    out-of-fold probabilities of noise estimation; both None when noise estimation is off.
+    out-of-fold probabilities of noise estimation; both None when noise estimation is off. `on_epoch` gets
+    each epoch's log row before that epoch's checkpoint is written (see `pipeline.train.fit`).
     """
     spec = REGISTRY[name]
     opts = validate_section(spec.options, options, f"method.{name}")
@@ -177,6 +180,7 @@ def train_method(
         checkpoint=checkpoint,
         fingerprint=fp,
         resume=params.train.resume,
+        on_epoch=on_epoch,
     )
     return method, ctx, res
 
@@ -211,6 +215,8 @@ def run_train(
     checkpoint: Path | None,
     steps_out: Path,
     history_out: Path,
+    *,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> None:
     """Train one registry method on the noisy labels; write its score table, epoch log, step log and
     pool-history table (GSS with `history: true`; a table with no rows otherwise).
@@ -235,6 +241,7 @@ def run_train(
         checkpoint,
         noise_rate=rate,
         oof_probs=oof,
+        on_epoch=on_epoch,
     )
     output = method.export()
     t0 = time.perf_counter()
@@ -244,7 +251,7 @@ def run_train(
     )
     sim_seconds = time.perf_counter() - t0
     scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
-    validate(scores, SCORES, len(names), str(scores_out))
+    validate(scores, SCORES, len(names), str(scores_out), rows=len(train))
     history = output.history
     if history is not None:
         validate(history, POOL_HISTORY, len(names), str(history_out))

@@ -143,8 +143,11 @@ def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str],
     return suite
 
 
-def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: str) -> None:
-    """Run the suite for `schema` on `frame`.
+def validate(
+    frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: str, *, rows: int | None = None
+) -> None:
+    """Run the suite for `schema` on `frame`; `rows` adds the expectation of exactly that many rows (e.g. one
+    per training sample for a score table).
 
     Raises:
         ValidationFailed: listing every failed expectation with up to 10 failing sample ids.
@@ -165,6 +168,10 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
         .get_batch(batch_parameters={"dataframe": pdf})
     )
     suite = build_suite(schema, num_classes, flat, rules)
+    if rows is not None:
+        import great_expectations as gx
+
+        suite.add_expectation(gx.expectations.ExpectTableRowCountToEqual(value=rows))
     fmt = {"result_format": "COMPLETE"}
     index_cols = [c for c in ("sample_id", "source_path") if c in pdf.columns]  # source_path: find the file
     if index_cols:
@@ -178,9 +185,11 @@ def validate(frame: pl.DataFrame, schema: TableSchema, num_classes: int, where: 
             continue
         cfg = r.expectation_config
         col = cfg.kwargs.get("column")
-        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "value_set")}
+        bounds = {
+            k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "value_set", "value")
+        }
         what = (cfg.meta or {}).get("rule") or (
-            f"{cfg.type} on '{col}'" + (f" {bounds}" if col and bounds else "")
+            f"{cfg.type}" + (f" on '{col}'" if col else "") + (f" {bounds}" if bounds else "")
         )
         n = r.result.get("unexpected_count")
         index = (r.result.get("unexpected_index_list") or [])[:MAX_ROWS_SHOWN]

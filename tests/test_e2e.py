@@ -4,6 +4,7 @@ work; the README's polars queries run as written."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -192,3 +193,9 @@ def test_exp_run_with_set_param(repo):
     assert "Running stage 'evaluate'" in out and "Running stage 'train@" not in out
     assert yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["gallery_size"] == 2
     assert (root / "reports/report.html").read_text().count('class="cell"') == 2
+    # the experiment keeps its metrics (cached outputs): `dvc exp show` compares them, no "!" placeholders
+    table = pl.read_csv(
+        io.StringIO(_sh(["dvc", "exp", "show", "--csv"], root, env).stdout), infer_schema_length=0
+    )
+    exp = table.filter(pl.col("rev") != "workspace").filter(pl.col("Experiment").is_not_null())
+    assert exp.height >= 1 and set(exp["methods.ce.test_acc_last"]) != {"!"}, exp

@@ -384,3 +384,14 @@ def test_validate_many_bad_rows_are_capped() -> None:
     )
     msg = _fails(frame, NOISY, "40 row(s) fail")
     assert "sample_id 0, 1, 2" in msg and ", 10," not in msg
+
+
+def test_validate_score_table_must_have_one_row_per_training_sample() -> None:
+    """The train stage passes rows=N: a score table missing a training sample fails with the count."""
+    frame = GOOD["scores"][1]()
+    validate(frame, SCORES, K, "scores/ce.parquet", rows=frame.height)
+    with pytest.raises(ValidationFailed) as e:
+        validate(frame, SCORES, K, "scores/ce.parquet", rows=frame.height + 1)
+    assert f"expect_table_row_count_to_equal {{'value': {frame.height + 1}}}: observed {frame.height}" in str(
+        e.value
+    )
