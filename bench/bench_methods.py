@@ -190,8 +190,7 @@ def main() -> None:
             "median_epoch_seconds": float(np.median(per_epoch)),
         }
         t0 = time.perf_counter()
-        k_sim = None if cfg.similarity_k == "all" else cfg.similarity_k
-        sim = grad_similarity(m.networks(), train, ctx, k=k_sim, seed=params.seed)
+        sim = grad_similarity(m.networks(), train, ctx, k=cfg.similarity_top_k, seed=params.seed)
         row["sim_share"] = (time.perf_counter() - t0) / res.seconds
         if truth is not None:
             f = scores_frame(method, ctx, m.export(), cfg.flag_threshold, sim)

@@ -97,6 +97,11 @@ class TrainParams(Strict):
     resume: bool = False  # continue from the last epoch checkpoint when its params match
     progress: bool = True  # tqdm bars
 
+    @property
+    def similarity_top_k(self) -> int | None:
+        """`similarity_k` as the scoring pass takes it: None = every batch mate."""
+        return None if self.similarity_k == "all" else self.similarity_k
+
     @field_validator("backbone")
     @classmethod
     def _backbone_known(cls, v: str) -> str:

@@ -56,6 +56,11 @@ def last_layer_cosine(
     return (gram / (norm[:, None] * norm[None, :])).clamp(-1.0, 1.0)
 
 
+def _check_square(cos: torch.Tensor) -> None:
+    if cos.ndim != 2 or cos.shape[0] != cos.shape[1] or cos.shape[0] < 2:
+        raise ValueError(f"cos must be a square matrix with at least 2 rows, got {tuple(cos.shape)}")
+
+
 def _partner_scores(cos: torch.Tensor, k: int | None, labels: torch.Tensor | None) -> torch.Tensor:
     """(B, k') top-k' partner cosines per row (j ≠ i, same label when `labels`), −inf where none."""
     b = cos.shape[0]
@@ -79,8 +84,7 @@ def topk_mean(cos: torch.Tensor, k: int | None, *, labels: torch.Tensor | None =
     Returns:
         (B,) float32.
     """
-    if cos.ndim != 2 or cos.shape[0] != cos.shape[1] or cos.shape[0] < 2:
-        raise ValueError(f"cos must be a square matrix with at least 2 rows, got {tuple(cos.shape)}")
+    _check_square(cos)
     top = _partner_scores(cos, k, labels)
     finite = torch.isfinite(top)
     count = finite.sum(1)
@@ -108,8 +112,7 @@ def similarity_weights(
     """
     if a <= 0:
         raise ValueError(f"a must be > 0, got {a}")
-    if cos.ndim != 2 or cos.shape[0] != cos.shape[1] or cos.shape[0] < 2:
-        raise ValueError(f"cos must be a square matrix with at least 2 rows, got {tuple(cos.shape)}")
+    _check_square(cos)
     top = _partner_scores(cos, k, labels)
     finite = torch.isfinite(top)
     count = finite.sum(1)

@@ -245,9 +245,8 @@ def run_train(
     )
     output = method.export()
     t0 = time.perf_counter()
-    k = params.train.similarity_k
     sim = grad_similarity(
-        method.networks(), ctx.train, ctx, k=None if k == "all" else k, seed=params.seed + SIMILARITY_SEED
+        method.networks(), ctx.train, ctx, k=params.train.similarity_top_k, seed=params.seed + SIMILARITY_SEED
     )
     sim_seconds = time.perf_counter() - t0
     scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)

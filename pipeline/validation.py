@@ -111,14 +111,23 @@ def _gx_context():
     return ctx
 
 
-def build_suite(schema: TableSchema, num_classes: int, frame_columns: list[str], rules: tuple[Rule, ...]):
+def build_suite(
+    schema: TableSchema,
+    num_classes: int,
+    frame_columns: list[str],
+    rules: tuple[Rule, ...],
+    rows: int | None = None,
+):
     """The GX ExpectationSuite for `schema`: column expectations for `frame_columns` (the flat columns
-    present), and one all-true expectation per rule on its `_rule{i}` column."""
+    present), one all-true expectation per rule on its `_rule{i}` column, and exactly `rows` rows when
+    given."""
     import great_expectations as gx
 
     E = gx.expectations
     suite = gx.ExpectationSuite(name=f"gradclean.{schema.name}")
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    if rows is not None:
+        suite.add_expectation(E.ExpectTableRowCountToEqual(value=rows))
     for c in schema.columns + schema.extra_columns:
         if c.name not in frame_columns:  # absent, or a list/binary column (checked by rules)
             continue
@@ -167,11 +176,7 @@ def validate(
         .add_batch_definition_whole_dataframe("all")
         .get_batch(batch_parameters={"dataframe": pdf})
     )
-    suite = build_suite(schema, num_classes, flat, rules)
-    if rows is not None:
-        import great_expectations as gx
-
-        suite.add_expectation(gx.expectations.ExpectTableRowCountToEqual(value=rows))
+    suite = build_suite(schema, num_classes, flat, rules, rows)
     fmt = {"result_format": "COMPLETE"}
     index_cols = [c for c in ("sample_id", "source_path") if c in pdf.columns]  # source_path: find the file
     if index_cols:
