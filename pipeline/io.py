@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import DataError, ValidationFailed
 from pipeline.schemas import TableSchema, class_names_of
+from pipeline.validation import check_values
 
 
 class Outputs:
@@ -134,19 +135,39 @@ def read_table(path: str | os.PathLike, schema: TableSchema) -> tuple[pl.DataFra
     except ValidationFailed:
         names = None
     frame = pl.from_arrow(table)
-    for c in schema.columns:
-        if c.unique:
-            dup = frame.filter(pl.col(c.name).is_duplicated())[c.name].unique().sort()
-            if dup.len():
-                shown = ", ".join(str(v) for v in dup.head(10).to_list())
-                raise DataError(
-                    f"{path}: {c.name} {shown} appear(s) more than once ({c.name} must be unique)"
-                )
+    check_values(frame, schema, None if names is None else len(names), str(path))
     return frame, names
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by a stage; a missing or unparsable file raises DataError naming it."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path}: file not found")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_csv(
+    path: str | os.PathLike, columns: list[str] | tuple[str, ...] = (), what: str = "table"
+) -> pl.DataFrame:
+    """Read a CSV log written by a stage, requiring `columns`; errors name the file.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty or lacks a required column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        df = pl.read_csv(path, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: not a readable CSV {what} ({str(e).splitlines()[0]})") from None
+    missing = sorted(set(columns) - set(df.columns))
+    if missing:
+        raise DataError(f"{path}: {what} lacks column(s) {missing}")
+    if df.height == 0:
+        raise DataError(f"{path}: {what} has no rows")
+    return df

@@ -20,7 +20,7 @@ from pipeline.data.memory import ImageData, load_split
 from pipeline.data.sources import ingest, subsample
 from pipeline.errors import DataError
 from pipeline.grad_similarity import grad_similarity
-from pipeline.io import read_json, read_table, staged_outputs
+from pipeline.io import read_csv, read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.noise import apply_noise, noise_report
 from pipeline.schemas import CLEANED, INGESTED, NOISY, OOF_PROBS, POOL_HISTORY, SCORES
@@ -29,6 +29,16 @@ from pipeline.validation import validate
 
 
 # ----------------------------------------------------------------------------------------------- ingest
+def require_two_classes(labels: pl.Series, names: list[str], where: str) -> None:
+    """A training split whose labels cover a single class has nothing to clean: refuse it by name."""
+    present = labels.unique().to_list()
+    if len(present) < 2:
+        shown = ", ".join(repr(names[v]) if 0 <= v < len(names) else str(v) for v in present)
+        raise DataError(
+            f"{where}: every training label is one class ({shown}); label cleaning needs at least 2"
+        )
+
+
 def run_ingest(params: Params, out_dir: Path) -> None:
     """Load `params.data`, validate both splits with Great Expectations, write {train,test}.parquet."""
     data = ingest(params.data)
@@ -38,6 +48,8 @@ def run_ingest(params: Params, out_dir: Path) -> None:
         where = f"{params.data.source} source ({params.data.root or 'embedded'}), {split} split"
         if frame.height == 0:
             raise DataError(f"{where}: the {split} split is empty")
+        if split == "train":
+            require_two_classes(frame["label"], data.class_names, where)
         for sid in frame["sample_id"].to_list():
             if sid in seen:
                 raise DataError(f"{where}: sample_id {sid} also appears in the {seen[sid]} split")
@@ -54,6 +66,7 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
     """Inject (or pass through) label noise, estimate it when `noise.estimate`; write table, report, OOF."""
     train, names = read_table(ingested_dir / "train.parquet", INGESTED)
     k = len(names)
+    require_two_classes(train["label"], names, str(ingested_dir / "train.parquet"))
     noisy = apply_noise(train, k, params.noise, params.seed)
     validate(noisy, NOISY, k, str(out_table))
     report = noise_report(noisy, k, params.noise, names)
@@ -126,10 +139,30 @@ def load_training_data(
             f"{noisy_path}: sample ids do not match {ingested_dir / 'train.parquet'} (re-run the noise stage)"
         )
     truth = None if joined["true_label"].null_count() else joined["true_label"].to_numpy()
-    tr = load_split(joined, joined["given_label"].to_numpy(), cfg.image_size, cfg.channels, device, truth)
-    chans = tr.images.shape[1]
-    te = load_split(test, test["label"].to_numpy(), cfg.image_size, chans, device)
+    tr, te = decode_splits(
+        joined, joined["given_label"].to_numpy(), test, cfg, device, truth, ingested_dir / "test.parquet"
+    )
     return tr, te, names
+
+
+def decode_splits(
+    train: pl.DataFrame,
+    given: np.ndarray,
+    test: pl.DataFrame,
+    cfg: TrainParams,
+    device: torch.device,
+    truth: np.ndarray | None,
+    test_path: Path,
+) -> tuple[ImageData, ImageData]:
+    """Decode both splits at `train.image_size` with `train.channels`; their channel counts must agree."""
+    tr = load_split(train, given, cfg.image_size, cfg.channels, device, truth)
+    te = load_split(test, test["label"].to_numpy(), cfg.image_size, cfg.channels, device)
+    if te.images.shape[1] != tr.images.shape[1]:
+        raise DataError(
+            f"{test_path}: the test images have {te.images.shape[1]} channel(s), the training images "
+            f"{tr.images.shape[1]}; set train.channels to 1 or 3 to convert both"
+        )
+    return tr, te
 
 
 def train_method(
@@ -308,13 +341,24 @@ def run_gal_agreement(params: Params, ingested_dir: Path, out_csv: Path) -> None
         noise = params.noise.model_copy(update={"kind": "symmetric", "rate": rate, "estimate": False})
         noisy = apply_noise(train_df, k, noise, params.seed)
         truth = noisy["true_label"].to_numpy()
-        train = load_split(
-            train_df, noisy["given_label"].to_numpy(), cfg.image_size, cfg.channels, device, truth
+        train, test = decode_splits(
+            train_df,
+            noisy["given_label"].to_numpy(),
+            test_df,
+            cfg,
+            device,
+            truth,
+            ingested_dir / "test.parquet",
         )
-        test = load_split(test_df, test_df["label"].to_numpy(), cfg.image_size, train.images.shape[1], device)
         _, _, res = train_method("gal", opts, run_params, train, test, k, device, None)
         realised = float(noisy["is_noisy"].mean())
         steps = pl.from_dicts(res.steps, infer_schema_length=None)
+        if steps.filter(pl.col("epoch") == sweep.epochs)["gate_ratio"].drop_nulls().is_empty():
+            raise DataError(
+                f"gal_agreement: {len(train)} training samples give no pair of class-matched batches of "
+                f"train.batch_size {cfg.batch_size} after the warm-up; raise gal_agreement.max_samples or "
+                f"lower train.batch_size"
+            )
         frames.append(steps.with_columns(noise_rate=pl.lit(rate), realised_rate=pl.lit(realised)))
         print(
             f"gal_agreement: noise {rate:.2f} (realised {realised:.3f}): last-epoch gate ratio "
@@ -343,7 +387,7 @@ def run_clean(params: Params, scores_dir: Path, out_parquet: Path, out_csv: Path
         relabel_confidence=params.clean.relabel_confidence,
         drop_noise_score=params.clean.drop_noise_score,
     )
-    validate(cleaned, CLEANED, len(names), str(out_parquet))
+    validate(cleaned, CLEANED, len(names), str(out_parquet), rows=scores[params.clean.methods[0]].height)
     with staged_outputs() as out:
         out.write_table(out_parquet, cleaned, CLEANED, names)
         out.write_csv(out_csv, cleaned)
@@ -415,23 +459,16 @@ def run_evaluate(
 
     noisy, names = read_table(noisy_path, NOISY)
     scores = {m: read_table(scores_dir / f"{m}.parquet", SCORES)[0] for m in params.methods}
-    logs = {}
-    for m in params.methods:
-        p = logs_dir / f"{m}.csv"
-        if not p.is_file():
-            raise DataError(f"{p}: training log not found (run train@{m})")
-        logs[m] = pl.read_csv(p)
+    logs = {
+        m: read_csv(logs_dir / f"{m}.csv", ("epoch", "test_acc"), f"training log of train@{m}")
+        for m in params.methods
+    }
     cleaned, _ = read_table(cleaned_path, CLEANED)
     retrain = read_json(retrain_path)
     report = read_json(noise_report_path)
     agreement = None
     if agreement_path is not None:
-        if not agreement_path.is_file():
-            raise DataError(f"{agreement_path}: GAL agreement table not found (run the gal_agreement stage)")
-        agreement = pl.read_csv(agreement_path)
-        missing = sorted(set(AGREEMENT_COLUMNS) - set(agreement.columns))
-        if missing:
-            raise DataError(f"{agreement_path}: missing columns {missing}")
+        agreement = read_csv(agreement_path, AGREEMENT_COLUMNS, "GAL agreement table (gal_agreement stage)")
     metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
     train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
@@ -441,7 +478,9 @@ def run_evaluate(
         scores=scores,
         logs=logs,
         cleaned=cleaned,
-        retrain_log=pl.read_csv(logs_dir / "retrain.csv") if (logs_dir / "retrain.csv").is_file() else None,
+        retrain_log=read_csv(logs_dir / "retrain.csv", ("epoch", "test_acc"), "retrain log")
+        if (logs_dir / "retrain.csv").is_file()
+        else None,
         report=report,
         class_names=names,
         images=train_images,

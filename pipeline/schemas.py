@@ -305,6 +305,7 @@ OOF_PROBS = TableSchema(
             "probs",
             pa.list_(pa.float32()),
             nullable=True,
+            distribution=True,
             description="Out-of-fold CE probabilities (length K) from noise estimation; null when "
             "noise.estimate is off.",
         ),

@@ -30,6 +30,7 @@ class Rule:
 
     name: str
     check: Callable[[pl.DataFrame, int], pl.Series]
+    on_read: bool = True  # readers run it too (False: too costly, and the consumer checks it anyway)
 
 
 def distribution_rule(column: Column) -> Rule:
@@ -59,6 +60,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(
             "image bytes decode as an image",
             lambda df, k: pl.Series([is_decodable(b) if b is not None else False for b in df["image"]]),
+            on_read=False,  # decoding at load time names the file of an image that fails
         ),
     ),
     NOISY.name: (
@@ -96,6 +98,58 @@ RULES: dict[str, tuple[Rule, ...]] = {
         ),
     ),
 }
+
+
+def check_values(frame: pl.DataFrame, schema: TableSchema, num_classes: int | None, where: str) -> None:
+    """The suite's checks in plain polars: what every reader runs on a table it loads.
+
+    The Great Expectations suite (`validate`) runs on every table before it is written; this repeats its
+    column checks (not null or NaN, unique, label in [0, K-1], in range, in the allowed set) and the cheap
+    table rules on read, so a table damaged or edited after it was written fails the stage that reads it.
+
+    Raises:
+        ValidationFailed: naming `where` (the file), every failed check and up to 10 failing sample ids.
+    """
+    if frame.height == 0:
+        raise ValidationFailed(f"{where}: table '{schema.name}' is empty")
+    present = [c for c in schema.columns + schema.extra_columns if c.name in frame.columns]
+    if num_classes is not None and num_classes < 2 and any(c.is_label for c in present):
+        raise ValidationFailed(f"{where}: {num_classes} class(es); label cleaning needs at least 2")
+    ids = frame["sample_id"] if "sample_id" in frame.columns else pl.Series(range(frame.height))
+    failures: list[tuple[str, pl.Series]] = []
+    for c in present:
+        s = frame[c.name]
+        if isinstance(s.dtype, (pl.List, pl.Binary)):
+            continue  # lists are checked by the distribution rules
+        missing = s.is_null() | (s.is_nan().fill_null(False) if s.dtype.is_float() else False)
+        if not c.nullable:
+            failures.append((f"'{c.name}' is null or NaN", missing))
+        if c.unique:
+            failures.append((f"'{c.name}' appears more than once (must be unique)", s.is_duplicated()))
+        lo, hi = (0, num_classes - 1) if c.is_label and num_classes else (c.min_value, c.max_value)
+        number = s.fill_nan(None) if s.dtype.is_float() else s  # NaN is reported as missing, not as large
+        if lo is not None:
+            failures.append((f"'{c.name}' below {lo}", (number < lo).fill_null(False)))
+        if hi is not None:
+            failures.append((f"'{c.name}' above {hi}", (number > hi).fill_null(False)))
+        if c.allowed is not None:
+            failures.append(
+                (f"'{c.name}' not in {list(c.allowed)}", ~s.is_in(list(c.allowed)).fill_null(True))
+            )
+    k = num_classes or 0
+    failures += [
+        (r.name, ~r.check(frame, k).fill_null(False)) for r in rules_for(schema, frame.columns) if r.on_read
+    ]
+    lines = []
+    for what, bad in failures:
+        if isinstance(bad, bool) or not bad.any():
+            continue
+        shown = ", ".join(str(v) for v in ids.filter(bad).head(MAX_ROWS_SHOWN).to_list())
+        lines.append(f"  - {what}: {int(bad.sum())} row(s); sample_id {shown}")
+    if lines:
+        raise ValidationFailed(
+            f"{where}: table '{schema.name}' fails its schema checks:\n" + "\n".join(lines)
+        )
 
 
 def _gx_context():

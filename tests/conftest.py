@@ -228,3 +228,31 @@ def write_manifest(path: Path, rows: list[tuple], header: str = "path,label,spli
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return path
+
+
+# ------------------------------------------------------------------------------ fault counts (issue 7)
+FAULTS_SEEN = pytest.StashKey[list]()
+
+
+def pytest_configure(config) -> None:
+    config.stash[FAULTS_SEEN] = []
+
+
+@pytest.fixture
+def faults_seen(request) -> list:
+    """The run's fault log: tests append (stage, fault, survived) and flip survived once every check held."""
+    return request.config.stash[FAULTS_SEEN]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    seen = config.stash.get(FAULTS_SEEN, [])
+    if not seen:
+        return
+    stages: dict[str, list[bool]] = {}
+    for stage, _, ok in seen:
+        stages.setdefault(stage, []).append(ok)
+    per_stage = ", ".join(f"{s} {sum(v)}/{len(v)}" for s, v in stages.items())
+    terminalreporter.write_line(
+        f"fault injection: {len(seen)} bad inputs tried, {sum(ok for *_, ok in seen)} faults survived "
+        f"(clear error, no output written, earlier outputs intact) -- {per_stage}"
+    )

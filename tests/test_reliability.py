@@ -102,7 +102,8 @@ run_train(parse_params(raw), name, data / "ingested", data / "noisy" / "train.pa
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_sigkill_then_resume_matches_the_uninterrupted_run_byte_for_byte(name, data, tmp_path):
+def test_sigkill_then_resume_matches_the_uninterrupted_run_byte_for_byte(name, data, tmp_path, faults_seen):
+    faults_seen.append(("train (SIGKILL)", name, False))
     first = _train(name, data, tmp_path / "a", resume=False).read_bytes()
     again = _train(name, data, tmp_path / "b", resume=False).read_bytes()
     assert first == again, "same params and seed gave different score tables"
@@ -119,6 +120,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run_byte_for_byte(name, d
 
     resumed = _train(name, data, killed, resume=True).read_bytes()
     assert resumed == first, f"{name}: resumed run differs from the uninterrupted one"
+    faults_seen[-1] = ("train (SIGKILL)", name, True)
 
 
 def test_cleaned_labels_are_byte_identical_across_runs(data, tmp_path):

@@ -23,7 +23,9 @@ def open_image(data: bytes, where: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: cannot decode image (not a format Pillow recognises)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: cannot decode image ({e})") from None
     return img
 
@@ -46,7 +48,8 @@ def decode_images(blobs: Sequence[bytes], size: int, channels: int | str, names:
     Args:
         blobs: N encoded images.
         size: Output side length in pixels (bilinear resize when the image differs).
-        channels: 1, 3 or "auto" (1 if every image is grayscale, else 3).
+        channels: 1, 3 or "auto" (1 if every image is grayscale, 3 if every image is colour; a mix is an
+            error naming the odd images, since converting them is the user's choice).
         names: N names used in error messages (file path or sample id).
 
     Returns:
@@ -54,7 +57,16 @@ def decode_images(blobs: Sequence[bytes], size: int, channels: int | str, names:
     """
     imgs = [open_image(b, n) for b, n in zip(blobs, names, strict=True)]
     if channels == "auto":
-        channels = 1 if all(is_grayscale(i) for i in imgs) else 3
+        gray = [is_grayscale(i) for i in imgs]
+        if any(gray) and not all(gray):
+            odd = [n for n, g in zip(names, gray, strict=True) if g == (sum(gray) < len(gray) / 2)]
+            raise DataError(
+                f"{odd[0]}: {'grayscale' if sum(gray) < len(gray) / 2 else 'colour'} image among "
+                f"{'colour' if sum(gray) < len(gray) / 2 else 'grayscale'} ones ({sum(gray)} grayscale, "
+                f"{len(gray) - sum(gray)} colour; first few: {', '.join(odd[:3])}). Set train.channels "
+                f"to 3 (or 1) to convert them all"
+            )
+        channels = 1 if gray and all(gray) else 3
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(imgs), int(channels), size, size), dtype=np.uint8)
     for k, img in enumerate(imgs):

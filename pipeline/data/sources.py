@@ -302,6 +302,9 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
     return Ingested(frames["train"], frames["test"], classes, "imagefolder")
 
 
+MISSING_LABELS = ("nan", "none", "null", "na", "n/a")  # manifest label cells read as missing
+
+
 def load_manifest_source(p: DataParams) -> Ingested:
     """CSV/Parquet manifest with columns `path,label[,split]`; labels are class names or indices."""
     path = Path(p.root)
@@ -317,13 +320,15 @@ def load_manifest_source(p: DataParams) -> Ingested:
     if df.height == 0:
         raise DataError(f"{path}: manifest has no rows")
     root = Path(p.manifest_root) if p.manifest_root else path.parent
-    raw = [None if v is None else str(v).strip() for v in df["label"].to_list()]
-    for i, v in enumerate(raw):
-        if v is None or v == "":
-            raise DataError(f"{path}: row {i + 2 if path.suffix != '.parquet' else i}: empty label")
     row_name = (
         (lambda i: f"{path}: row {i + 2}") if path.suffix != ".parquet" else (lambda i: f"{path}: row {i}")
     )
+    raw = [None if v is None else str(v).strip() for v in df["label"].to_list()]
+    for i, v in enumerate(raw):
+        if not v:
+            raise DataError(f"{row_name(i)}: empty label")
+        if v.lower() in MISSING_LABELS:
+            raise DataError(f"{row_name(i)}: missing label ({v!r})")
     if p.classes is not None:
         classes = list(p.classes)
     elif all(v.lstrip("-").isdigit() for v in raw):
@@ -339,7 +344,12 @@ def load_manifest_source(p: DataParams) -> Ingested:
             labels.append(int(v))
         else:
             raise DataError(f"{row_name(i)}: label {v!r} is not a known class (classes: {classes})")
-    paths = [str(v) if v is not None else "" for v in df["path"].to_list()]
+    paths = [str(v).strip() if v is not None else "" for v in df["path"].to_list()]
+    first: dict[str, int] = {}
+    for i, rel in enumerate(paths):
+        if rel in first:
+            raise DataError(f"{row_name(i)}: path {rel!r} repeats {row_name(first[rel]).split(': ')[-1]}")
+        first[rel] = i
     labels_np = np.asarray(labels)
     if "split" in df.columns:
         split = [str(s).strip().lower() for s in df["split"].to_list()]
