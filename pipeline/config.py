@@ -37,11 +37,16 @@ class DataParams(Strict):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share held out as test when the source has no split
     split_seed: int = 0  # seed of that stratified split (fixed so the split never moves)
     max_per_split: int | None = Field(None, ge=1)  # keep at most this many samples per split (stratified)
+    stream: bool = (
+        False  # imagefolder/manifest: keep file paths, decode per batch (data too large for memory)
+    )
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataParams:
         if self.source != "digits" and not self.root:
             raise ValueError(f"data.root is required for source '{self.source}'")
+        if self.stream and self.source not in ("imagefolder", "manifest"):
+            raise ValueError(f"data.stream: only for imagefolder and manifest sources, not '{self.source}'")
         return self
 
 
@@ -88,6 +93,7 @@ class TrainParams(Strict):
     warmup_epochs: int = Field(0, ge=0)  # linear lr warm-up (epochs), before the schedule
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    workers: int = Field(0, ge=0)  # processes decoding streamed images (data.stream); 0 = in the main process
     augment: AugmentParams = Field(default_factory=AugmentParams)
     eval_batch_size: int = Field(512, ge=1)
     flag_threshold: float = Field(0.5, ge=0.0, le=1.0)  # is_flagged = noise_score >= this

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -202,6 +203,16 @@ def _thumb(blob: bytes) -> str:
     return f'<img class="thumb" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def _file_bytes(path: str | None) -> bytes:
+    """A streamed sample's image bytes, read from its file for the gallery."""
+    from pipeline.errors import DataError
+
+    try:
+        return Path(path).read_bytes()
+    except (OSError, TypeError) as e:
+        raise DataError(f"{path}: cannot read the image for the report gallery ({e})") from None
+
+
 def _gallery(
     cleaned: pl.DataFrame,
     scores: dict[str, pl.DataFrame],
@@ -221,15 +232,21 @@ def _gallery(
     top = (
         cleaned.join(mean_noise, on="sample_id")
         .join(noisy.select("sample_id", "true_label"), on="sample_id")
-        .join(images.select("sample_id", "image", "source_path"), on="sample_id")
+        .join(
+            images.select(
+                "sample_id", "image", "source_path", *(["file"] if "file" in images.columns else [])
+            ),
+            on="sample_id",
+        )
         .sort(["noise_score", "sample_id"], descending=[True, False])
         .head(n)
     )
     cells = []
     for r in top.iter_rows(named=True):
         truth = "" if r["true_label"] is None else f"<br>truth: {html.escape(names[r['true_label']])}"
+        thumb = _thumb(r["image"] or _file_bytes(r.get("file")))
         cells.append(
-            f'<div class="cell">{_thumb(r["image"])}<br>id {r["sample_id"]}<br>given: '
+            f'<div class="cell">{thumb}<br>id {r["sample_id"]}<br>given: '
             f"<b>{html.escape(r['given_class'])}</b><br>suggested: {html.escape(r['cleaned_class'] or '–')}"
             f" ({r['action']})<br>noise {r['noise_score']:.2f}{truth}</div>"
         )

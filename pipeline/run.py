@@ -76,7 +76,8 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
 
         device = resolve_device(params.train.device)
         given = noisy["given_label"].to_numpy()
-        data = load_split(train, given, params.train.image_size, params.train.channels, device)
+        cfg = params.train
+        data = load_split(train, given, cfg.image_size, cfg.channels, device, workers=cfg.workers)
         oof = out_of_fold_probs(
             data,
             params.train,
@@ -133,7 +134,8 @@ def load_training_data(
     train, names = read_table(ingested_dir / "train.parquet", INGESTED)
     test, _ = read_table(ingested_dir / "test.parquet", INGESTED)
     noisy, _ = read_table(noisy_path, NOISY)
-    joined = train.select("sample_id", "image", "source_path").join(noisy, on="sample_id", how="left")
+    keep = ["sample_id", "image", "source_path"] + (["file"] if "file" in train.columns else [])
+    joined = train.select(keep).join(noisy, on="sample_id", how="left")
     if joined["given_label"].null_count() or noisy.height != train.height:
         raise DataError(
             f"{noisy_path}: sample ids do not match {ingested_dir / 'train.parquet'} (re-run the noise stage)"
@@ -155,8 +157,8 @@ def decode_splits(
     test_path: Path,
 ) -> tuple[ImageData, ImageData]:
     """Decode both splits at `train.image_size` with `train.channels`; their channel counts must agree."""
-    tr = load_split(train, given, cfg.image_size, cfg.channels, device, truth)
-    te = load_split(test, test["label"].to_numpy(), cfg.image_size, cfg.channels, device)
+    tr = load_split(train, given, cfg.image_size, cfg.channels, device, truth, cfg.workers)
+    te = load_split(test, test["label"].to_numpy(), cfg.image_size, cfg.channels, device, workers=cfg.workers)
     if te.images.shape[1] != tr.images.shape[1]:
         raise DataError(
             f"{test_path}: the test images have {te.images.shape[1]} channel(s), the training images "

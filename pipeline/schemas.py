@@ -127,7 +127,12 @@ INGESTED = TableSchema(
             description="Annotated class index (the truth for "
             "synthetic-noise runs; the given label for user data).",
         ),
-        Column("image", pa.binary(), description="Encoded image bytes (PNG for converted sources)."),
+        Column(
+            "image",
+            pa.binary(),
+            nullable=True,
+            description="Encoded image bytes (PNG for converted sources); null when streamed (data.stream).",
+        ),
         Column("source_path", pa.string(), nullable=True, description="Original file, relative to the root."),
         Column(
             "noisy_label",
@@ -135,6 +140,14 @@ INGESTED = TableSchema(
             nullable=True,
             is_label=True,
             description="Real noisy label from a label file (CIFAR-N), null when none.",
+        ),
+    ),
+    extra_columns=(
+        Column(
+            "file",
+            pa.string(),
+            nullable=True,
+            description="Absolute path read per batch when streamed (data.stream); absent otherwise.",
         ),
     ),
 )

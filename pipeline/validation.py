@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipeline.data.images import is_decodable
+from pipeline.data.images import is_decodable, opens_as_image
 from pipeline.errors import ValidationFailed
 from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES, Column, TableSchema
 
@@ -58,8 +58,15 @@ def rules_for(schema: TableSchema, columns: list[str]) -> tuple[Rule, ...]:
 RULES: dict[str, tuple[Rule, ...]] = {
     INGESTED.name: (
         Rule(
-            "image bytes decode as an image",
-            lambda df, k: pl.Series([is_decodable(b) if b is not None else False for b in df["image"]]),
+            "image bytes decode as an image (streamed: the file opens as an image)",
+            lambda df, k: pl.Series(
+                [
+                    is_decodable(b) if b is not None else f is not None and opens_as_image(f)
+                    for b, f in zip(
+                        df["image"], df["file"] if "file" in df.columns else [None] * df.height, strict=True
+                    )
+                ]
+            ),
             on_read=False,  # decoding at load time names the file of an image that fails
         ),
     ),

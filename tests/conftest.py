@@ -7,6 +7,7 @@ functions too (`write_cifar10`, ...) so a test can write a variant (a bad batch,
 from __future__ import annotations
 
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,3 +257,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         f"fault injection: {len(seen)} bad inputs tried, {sum(ok for *_, ok in seen)} faults survived "
         f"(clear error, no output written, earlier outputs intact) -- {per_stage}"
     )
+
+
+# ------------------------------------------------------------------- e2e run overlapping the other tests
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Run the e2e tests last and start their `dvc repro` now, in the background (see `e2e_run.py`)."""
+    e2e = [i for i in items if i.path.name == "test_e2e.py"]
+    if not e2e:
+        return
+    items[:] = [i for i in items if i.path.name != "test_e2e.py"] + e2e
+    from e2e_run import E2E_RUN, start_e2e_run
+
+    config.stash[E2E_RUN] = start_e2e_run()
+
+
+def pytest_unconfigure(config) -> None:
+    from e2e_run import E2E_RUN
+
+    run = config.stash.get(E2E_RUN, None)
+    if run is None:
+        return
+    if run.proc.poll() is None:  # interrupted session: do not leave dvc running
+        run.proc.kill()
+        run.proc.wait()
+    shutil.rmtree(run.repo.parent, ignore_errors=True)

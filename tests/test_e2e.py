@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from e2e_run import E2E_RUN, finish_e2e_run, start_e2e_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -30,52 +29,12 @@ def _sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return res
 
 
-def tiny_params(base: dict) -> dict:
-    p = json.loads(json.dumps(base))
-    p["data"]["max_per_split"] = 150
-    p["noise"].update(estimate_folds=2, estimate_epochs=1)
-    p["train"].update(
-        epochs=2, image_size=8, batch_size=32, progress=False, model_kwargs={"channels": [8, 16, 32, 64]}
-    )
-    p["evaluate"]["gallery_size"] = 6
-    p["method"]["gal"]["warmup_epochs"] = 1
-    p["method"]["dividemix"]["warmup_epochs"] = 1
-    p["method"]["gss"].update(history=True, variant="db")  # the default is sb: cover both pools here
-    p["gal_agreement"] = {"rates": [0.0, 0.5], "epochs": 2}
-    return p
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, dict]:
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "GX_ANALYTICS_ENABLED": "false",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "PYTHONPATH": str(dst),
-    }
-    _sh(["git", "init", "-q"], dst, env)
-    _sh(["git", "add", "-A"], dst, env)
-    _sh(["git", "commit", "-qm", "tiny"], dst, env)
-    _sh(["dvc", "repro"], dst, env)
-    return dst, env
+def repo(request) -> tuple[Path, dict]:
+    """The tiny repo after `dvc repro`. conftest starts that run in the background at collection time (and
+    orders these tests last), so it overlaps the rest of the suite; here we wait for it to finish."""
+    run = request.config.stash.get(E2E_RUN, None) or start_e2e_run()
+    return finish_e2e_run(run)
 
 
 def declared_outputs(repo: Path) -> list[Path]:

@@ -86,7 +86,7 @@ GOOD = {
     "scores": (SCORES, scores),
     "cleaned": (CLEANED, cleaned),
 }
-NON_NULL = {"ingested": "image", "noisy": "given_label", "scores": "confidence", "cleaned": "action"}
+NON_NULL = {"ingested": "label", "noisy": "given_label", "scores": "confidence", "cleaned": "action"}
 
 
 # ---------------------------------------------------------------------------------- TableSchema.check
@@ -395,3 +395,13 @@ def test_validate_score_table_must_have_one_row_per_training_sample() -> None:
     assert f"expect_table_row_count_to_equal {{'value': {frame.height + 1}}}: observed {frame.height}" in str(
         e.value
     )
+
+
+def test_ingested_row_without_image_bytes_or_file_fails_validation() -> None:
+    """`image` may be null only for a streamed row, whose `file` opens as an image (data.stream)."""
+    schema, make = GOOD["ingested"]
+    frame = make().with_columns(
+        pl.when(pl.col("sample_id") == 11).then(None).otherwise(pl.col("image")).alias("image")
+    )
+    with pytest.raises(ValidationFailed, match=r"(?s)image bytes decode.*sample_id 11"):
+        validate(frame, schema, K, "ingested.parquet")

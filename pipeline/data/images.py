@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -38,8 +39,59 @@ def is_decodable(data: bytes) -> bool:
     return True
 
 
+def opens_as_image(path: str) -> bool:
+    """Whether a file's header reads as an image (no pixel decode: cheap enough for every streamed file)."""
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
 def is_grayscale(img: Image.Image) -> bool:
     return img.mode in ("1", "L", "I", "I;16", "F", "LA")
+
+
+def check_modes(gray: Sequence[bool], names: Sequence[str]) -> int:
+    """The channel count `channels: auto` resolves to: 1 if every image is grayscale, 3 if every image is
+    colour; a mix raises DataError naming the odd images (converting them is the user's choice)."""
+    n_gray = sum(gray)
+    if 0 < n_gray < len(gray):
+        minority_gray = n_gray < len(gray) / 2
+        odd = [n for n, g in zip(names, gray, strict=True) if g == minority_gray]
+        raise DataError(
+            f"{odd[0]}: {'grayscale' if minority_gray else 'colour'} image among "
+            f"{'colour' if minority_gray else 'grayscale'} ones ({n_gray} grayscale, {len(gray) - n_gray} "
+            f"colour; first few: {', '.join(odd[:3])}). Set train.channels to 3 (or 1) to convert them all"
+        )
+    return 1 if gray and n_gray == len(gray) else 3
+
+
+def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A decoded image as a (C, size, size) uint8 array: converted to L/RGB, bilinear-resized if needed."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def decode_file(path: str, size: int, channels: int) -> np.ndarray:
+    """Read, decode and resize one image file to (C, size, size) uint8; errors name the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
+    return to_array(open_image(data, path), size, channels)
+
+
+def file_is_grayscale(path: str) -> bool:
+    """Whether an image file is grayscale, from its header only (no pixel decode)."""
+    try:
+        with Image.open(path) as img:
+            return is_grayscale(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot open image ({e})") from None
 
 
 def decode_images(blobs: Sequence[bytes], size: int, channels: int | str, names: Sequence[str]) -> np.ndarray:
@@ -48,8 +100,7 @@ def decode_images(blobs: Sequence[bytes], size: int, channels: int | str, names:
     Args:
         blobs: N encoded images.
         size: Output side length in pixels (bilinear resize when the image differs).
-        channels: 1, 3 or "auto" (1 if every image is grayscale, 3 if every image is colour; a mix is an
-            error naming the odd images, since converting them is the user's choice).
+        channels: 1, 3 or "auto" (see `check_modes`).
         names: N names used in error messages (file path or sample id).
 
     Returns:
@@ -57,22 +108,8 @@ def decode_images(blobs: Sequence[bytes], size: int, channels: int | str, names:
     """
     imgs = [open_image(b, n) for b, n in zip(blobs, names, strict=True)]
     if channels == "auto":
-        gray = [is_grayscale(i) for i in imgs]
-        if any(gray) and not all(gray):
-            odd = [n for n, g in zip(names, gray, strict=True) if g == (sum(gray) < len(gray) / 2)]
-            raise DataError(
-                f"{odd[0]}: {'grayscale' if sum(gray) < len(gray) / 2 else 'colour'} image among "
-                f"{'colour' if sum(gray) < len(gray) / 2 else 'grayscale'} ones ({sum(gray)} grayscale, "
-                f"{len(gray) - sum(gray)} colour; first few: {', '.join(odd[:3])}). Set train.channels "
-                f"to 3 (or 1) to convert them all"
-            )
-        channels = 1 if gray and all(gray) else 3
-    mode = "L" if channels == 1 else "RGB"
+        channels = check_modes([is_grayscale(i) for i in imgs], names)
     out = np.empty((len(imgs), int(channels), size, size), dtype=np.uint8)
     for k, img in enumerate(imgs):
-        img = img.convert(mode)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        a = np.asarray(img, dtype=np.uint8)
-        out[k] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        out[k] = to_array(img, size, int(channels))
     return out

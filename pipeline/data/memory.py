@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pipeline.config import AugmentParams
 from pipeline.data.images import decode_images
+from pipeline.data.stream import StreamedImages
 
 
 @dataclass
@@ -19,7 +20,7 @@ class ImageData:
     """A split held in memory.
 
     Attributes:
-        images: (N, C, H, W) uint8, on the training device.
+        images: (N, C, H, W) uint8 on the training device, or `StreamedImages` (decoded per batch).
         labels: (N,) int64 labels the methods train on (given labels for train, truth for test).
         sample_ids: (N,) int64 numpy sample ids; row i of every tensor is sample_ids[i].
         true_labels: (N,) int64 truth when known (train split with synthetic noise), else None.
@@ -36,7 +37,7 @@ class ImageData:
     def subset(self, idx: np.ndarray | torch.Tensor) -> ImageData:
         ix = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.labels.device)
         return ImageData(
-            self.images[ix],
+            self.images.take(ix) if isinstance(self.images, StreamedImages) else self.images[ix],
             self.labels[ix],
             self.sample_ids[ix.cpu().numpy()],
             None if self.true_labels is None else self.true_labels[ix],
@@ -50,8 +51,12 @@ def load_split(
     channels: int | str,
     device: torch.device,
     true_labels: np.ndarray | None = None,
+    workers: int = 0,
 ) -> ImageData:
     """Decode an INGESTED frame's images into an ImageData.
+
+    A streamed frame (`data.stream`: no image bytes, a `file` column) gets `StreamedImages` instead of a
+    tensor: its files are decoded per batch in `workers` processes.
 
     Args:
         frame: rows with `sample_id`, `image`, `source_path`; order defines row order.
@@ -61,13 +66,16 @@ def load_split(
         device: where the tensors live.
         true_labels: optional (N,) truth aligned with `frame`.
     """
-    names = [
-        p if p is not None else f"sample_id {i}"
-        for p, i in zip(frame["source_path"].to_list(), frame["sample_id"].to_list(), strict=True)
-    ]
-    arr = decode_images(frame["image"].to_list(), size, channels, names)
+    if "file" in frame.columns and frame["image"].null_count() == frame.height:
+        images = StreamedImages(frame["file"].to_list(), size, channels, device, workers)
+    else:
+        names = [
+            p if p is not None else f"sample_id {i}"
+            for p, i in zip(frame["source_path"].to_list(), frame["sample_id"].to_list(), strict=True)
+        ]
+        images = torch.from_numpy(decode_images(frame["image"].to_list(), size, channels, names)).to(device)
     return ImageData(
-        images=torch.from_numpy(arr).to(device),
+        images=images,
         labels=torch.as_tensor(np.array(labels), dtype=torch.long, device=device),
         sample_ids=frame["sample_id"].to_numpy().astype(np.int64),
         true_labels=None
@@ -84,7 +92,10 @@ class Normalizer:
     std: torch.Tensor  # (1, C, 1, 1)
 
     @staticmethod
-    def fit(images: torch.Tensor) -> Normalizer:
+    def fit(images: torch.Tensor | StreamedImages) -> Normalizer:
+        """From every image in memory; from an evenly spaced sample of a streamed split."""
+        if isinstance(images, StreamedImages):
+            images = images.stats_sample()
         x = images.float().div_(255.0)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)

@@ -30,9 +30,10 @@ class Ingested:
     source: str
 
 
-def _frame(ids, labels, images, paths=None, noisy=None) -> pl.DataFrame:
+def _frame(ids, labels, images, paths=None, noisy=None, files=None) -> pl.DataFrame:
+    """An INGESTED frame; `files` (absolute paths, with `images` all None) makes it a streamed one."""
     n = len(ids)
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "sample_id": pl.Series(np.asarray(ids, dtype=np.int64)),
             "label": pl.Series(np.asarray(labels, dtype=np.int32)),
@@ -43,6 +44,7 @@ def _frame(ids, labels, images, paths=None, noisy=None) -> pl.DataFrame:
             ),
         }
     )
+    return frame if files is None else frame.with_columns(pl.Series("file", files, dtype=pl.String))
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +254,12 @@ def resolve_under(root: Path, rel: str, where: str) -> Path:
     return full
 
 
-def _read_files(root: Path, rels: list[str], wheres: list[str]) -> list[bytes]:
-    return [resolve_under(root, r, w).read_bytes() for r, w in zip(rels, wheres, strict=True)]
+def _split_frame(root: Path, ids, rels: list[str], labels, wheres: list[str], stream: bool) -> pl.DataFrame:
+    """Read the files into an INGESTED frame, or (`stream`) keep their resolved paths for per-batch reads."""
+    full = [resolve_under(root, r, w) for r, w in zip(rels, wheres, strict=True)]
+    if stream:
+        return _frame(ids, labels, [None] * len(full), paths=rels, files=[str(f) for f in full])
+    return _frame(ids, labels, [f.read_bytes() for f in full], paths=rels)
 
 
 def load_imagefolder_source(p: DataParams) -> Ingested:
@@ -297,8 +303,7 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
     for split, (rels, labels) in rows.items():
         if not rels:
             raise DataError(f"{root}: the {split} split is empty")
-        blobs = _read_files(root, rels, [str(root / r) for r in rels])
-        frames[split] = _frame(ids[split], labels, blobs, paths=rels)
+        frames[split] = _split_frame(root, ids[split], rels, labels, [str(root / r) for r in rels], p.stream)
     return Ingested(frames["train"], frames["test"], classes, "imagefolder")
 
 
@@ -365,8 +370,7 @@ def load_manifest_source(p: DataParams) -> Ingested:
         if len(ix) == 0:
             raise DataError(f"{path}: the {name} split is empty")
         rels = [paths[i] for i in ix]
-        blobs = _read_files(root, rels, [row_name(i) for i in ix])
-        frames[name] = _frame(ix, labels_np[ix], blobs, paths=rels)
+        frames[name] = _split_frame(root, ix, rels, labels_np[ix], [row_name(i) for i in ix], p.stream)
     return Ingested(frames["train"], frames["test"], classes, "manifest")
 
 
