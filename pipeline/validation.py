@@ -149,7 +149,7 @@ def check_values(frame: pl.DataFrame, schema: TableSchema, num_classes: int | No
     ]
     lines = []
     for what, bad in failures:
-        if isinstance(bad, bool) or not bad.any():
+        if not bad.any():
             continue
         shown = ", ".join(str(v) for v in ids.filter(bad).head(MAX_ROWS_SHOWN).to_list())
         lines.append(f"  - {what}: {int(bad.sum())} row(s); sample_id {shown}")

@@ -46,10 +46,14 @@ class E2ERun:
 E2E_RUN = pytest.StashKey[E2ERun]()
 
 
-def _sh(cmd: list[str], cwd: Path, env: dict) -> None:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    if res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the e2e repo; a non-zero exit (when `check`) fails with its output's tail."""
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+        )
+    return res
 
 
 def _lowest_priority() -> None:
@@ -82,9 +86,9 @@ def start_e2e_run() -> E2ERun:
         "GIT_COMMITTER_EMAIL": "t@t",
         "PYTHONPATH": str(dst),
     }
-    _sh(["git", "init", "-q"], dst, env)
-    _sh(["git", "add", "-A"], dst, env)
-    _sh(["git", "commit", "-qm", "tiny"], dst, env)
+    sh(["git", "init", "-q"], dst, env)
+    sh(["git", "add", "-A"], dst, env)
+    sh(["git", "commit", "-qm", "tiny"], dst, env)
     log = dst.parent / "repro.log"
     # Lowest CPU priority and one thread per stage: the run soaks up the cores the other tests leave idle
     # (imports, Python overhead) without preempting their torch threads; what is left runs at the end.

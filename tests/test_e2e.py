@@ -14,19 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from e2e_run import E2E_RUN, finish_e2e_run, start_e2e_run
+from e2e_run import E2E_RUN, finish_e2e_run, sh, start_e2e_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
-        )
-    return res
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +112,14 @@ def test_every_declared_output_exists_and_reads(repo):
 
 def test_second_repro_is_a_no_op(repo):
     root, env = repo
-    out = _sh(["dvc", "repro"], root, env).stdout
+    out = sh(["dvc", "repro"], root, env).stdout
     assert "Running stage" not in out and "up to date" in out
 
 
 def test_metrics_and_plots_show(repo):
     root, env = repo
-    assert "methods.ce.test_acc_last" in _sh(["dvc", "metrics", "show"], root, env).stdout
-    _sh(["dvc", "plots", "show", "-o", str(root / "dvc_plots")], root, env)
+    assert "methods.ce.test_acc_last" in sh(["dvc", "metrics", "show"], root, env).stdout
+    sh(["dvc", "plots", "show", "-o", str(root / "dvc_plots")], root, env)
     assert (root / "dvc_plots" / "index.html").is_file()
 
 
@@ -148,13 +139,13 @@ def test_exp_run_with_set_param(repo):
     """`dvc exp run -S` applies the value and re-runs only the stages that read the key (the evaluate
     stage for evaluate.gallery_size; a noise.rate change would re-run everything but ingest)."""
     root, env = repo
-    out = _sh(["dvc", "exp", "run", "-S", "evaluate.gallery_size=2"], root, env).stdout
+    out = sh(["dvc", "exp", "run", "-S", "evaluate.gallery_size=2"], root, env).stdout
     assert "Running stage 'evaluate'" in out and "Running stage 'train@" not in out
     assert yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["gallery_size"] == 2
     assert (root / "reports/report.html").read_text().count('class="cell"') == 2
     # the experiment keeps its metrics (cached outputs): `dvc exp show` compares them, no "!" placeholders
     table = pl.read_csv(
-        io.StringIO(_sh(["dvc", "exp", "show", "--csv"], root, env).stdout), infer_schema_length=0
+        io.StringIO(sh(["dvc", "exp", "show", "--csv"], root, env).stdout), infer_schema_length=0
     )
     exp = table.filter(pl.col("rev") != "workspace").filter(pl.col("Experiment").is_not_null())
     assert exp.height >= 1 and set(exp["methods.ce.test_acc_last"]) != {"!"}, exp

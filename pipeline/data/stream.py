@@ -82,9 +82,6 @@ class StreamedImages:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pool": None}
-
     # --------------------------------------------------------------------------------------- indexing
     def __len__(self) -> int:
         return len(self.files)
