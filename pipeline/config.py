@@ -94,6 +94,8 @@ class TrainParams(Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     workers: int = Field(0, ge=0)  # processes decoding streamed images (data.stream); 0 = in the main process
+    compile: bool = False  # torch.compile every network's batch forwards (the first epoch pays the compile)
+    sync_bn: bool = True  # torchrun on CUDA: SyncBatchNorm, so BatchNorm sees the whole batch across ranks
     augment: AugmentParams = Field(default_factory=AugmentParams)
     eval_batch_size: int = Field(512, ge=1)
     flag_threshold: float = Field(0.5, ge=0.0, le=1.0)  # is_flagged = noise_score >= this

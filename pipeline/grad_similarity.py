@@ -140,6 +140,18 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return h, head(h)
 
 
+class FeaturesAndLogits(nn.Module):
+    """`features_and_logits` as a module, so a DDP wrapper or `torch.compile` can run it (its state_dict
+    keys are the network's under `net.`; the methods keep and save the network itself)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return features_and_logits(self.net, x)
+
+
 @torch.no_grad()
 def grad_similarity(
     nets: Sequence[nn.Module], data: ImageData, ctx: TrainContext, *, k: int | None, seed: int

@@ -18,7 +18,8 @@ import torch
 from pipeline.config import Params, TrainParams, validate_section
 from pipeline.data.memory import ImageData, load_split
 from pipeline.data.sources import ingest, subsample
-from pipeline.errors import DataError
+from pipeline.distributed import Dist, device_for, from_env, init, shutdown
+from pipeline.errors import ConfigError, DataError
 from pipeline.grad_similarity import grad_similarity
 from pipeline.io import read_csv, read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, scores_frame
@@ -118,7 +119,7 @@ SIMILARITY_SEED = 7919  # offset of the grad_similarity pass's shuffle seed from
 
 
 def _train_fingerprint(cfg: TrainParams, extra: dict, labels: np.ndarray, seed: int) -> str:
-    body = cfg.model_dump(exclude={"resume", "progress"})
+    body = cfg.model_dump(exclude={"resume", "progress", "compile"})
     h = hashlib.sha256(json.dumps([body, extra, seed], sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()[:16]
@@ -180,12 +181,14 @@ def train_method(
     noise_rate: float | None = None,
     oof_probs: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    dist: Dist | None = None,
 ) -> tuple[object, TrainContext, FitResult]:
     """Build method `name` from its options and train it under the epoch driver.
 
     `noise_rate` is the estimated rate (what `forget_rate: auto` means) and `oof_probs` (N, K) the
     out-of-fold probabilities of noise estimation; both None when noise estimation is off. `on_epoch` gets
-    each epoch's log row before that epoch's checkpoint is written (see `pipeline.train.fit`).
+    each epoch's log row before that epoch's checkpoint is written (see `pipeline.train.fit`). `dist` is
+    this process's place in a torchrun job (None = one process).
     """
     spec = REGISTRY[name]
     opts = validate_section(spec.options, options, f"method.{name}")
@@ -199,6 +202,7 @@ def train_method(
         params.seed,
         noise_rate=noise_rate,
         oof_probs=oof_probs,
+        dist=dist or Dist(),
     )
     method = spec.build(opts, ctx)
     fp = _train_fingerprint(
@@ -257,10 +261,54 @@ def run_train(
     pool-history table (GSS with `history: true`; a table with no rows otherwise).
 
     The noise estimate is read from `noise_report.json` and `oof_probs.parquet` beside `noisy_path`.
+    Under `torchrun --nproc-per-node N` the N ranks train together (`pipeline.distributed`) and rank 0
+    alone writes.
     """
     if name not in REGISTRY:
         raise DataError(f"unknown method '{name}' (known: {sorted(REGISTRY)})")
-    device = resolve_device(params.train.device)
+    dist = from_env()
+    if dist.active and params.train.batch_size < 2 * dist.world:
+        raise ConfigError(
+            f"train.batch_size: {params.train.batch_size} is too small for {dist.world} ranks "
+            "(each rank needs at least 2 rows of every batch)"
+        )
+    device = device_for(dist, resolve_device(params.train.device))
+    joined = init(dist, device)
+    try:
+        _train_and_write(
+            params,
+            name,
+            ingested_dir,
+            noisy_path,
+            scores_out,
+            log_out,
+            checkpoint,
+            steps_out,
+            history_out,
+            device,
+            dist,
+            on_epoch,
+        )
+    finally:
+        if joined:
+            shutdown()
+
+
+def _train_and_write(
+    params: Params,
+    name: str,
+    ingested_dir: Path,
+    noisy_path: Path,
+    scores_out: Path,
+    log_out: Path,
+    checkpoint: Path | None,
+    steps_out: Path,
+    history_out: Path,
+    device: torch.device,
+    dist: Dist,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> None:
+    """`run_train`'s body on one rank (see there)."""
     train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
     rate, oof = load_estimate(
         noisy_path.parent / "noise_report.json", noisy_path.parent / "oof_probs.parquet", train, device
@@ -277,8 +325,11 @@ def run_train(
         noise_rate=rate,
         oof_probs=oof,
         on_epoch=on_epoch,
+        dist=dist,
     )
-    output = method.export()
+    output = method.export()  # every rank: its eval passes are sharded and gathered
+    if not dist.is_main:
+        return
     t0 = time.perf_counter()
     sim = grad_similarity(
         method.networks(), ctx.train, ctx, k=params.train.similarity_top_k, seed=params.seed + SIMILARITY_SEED

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import TrainParams
 from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices
+from pipeline.distributed import Dist, ShardedForward, wrap_ddp
 from pipeline.errors import ConfigError
 
 
@@ -53,6 +54,7 @@ class TrainContext:
         noise_rate: estimated noise rate from the noise stage (None when not estimated); what
             `forget_rate: auto` resolves to. Never the injected truth.
         oof_probs: (N, K) out-of-fold probabilities from noise estimation, None when not computed.
+        dist: this process's rank and the world size (`pipeline.distributed`); one process by default.
     """
 
     train: ImageData
@@ -66,11 +68,36 @@ class TrainContext:
     normalize: Normalizer | None = None
     noise_rate: float | None = None
     oof_probs: torch.Tensor | None = None
+    dist: Dist = field(default_factory=Dist)
+    _runners: dict[int, tuple[nn.Module, Callable]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.gen.manual_seed(self.seed)
         if self.normalize is None:
             self.normalize = Normalizer.fit(self.train.images)
+
+    def parallel(self, net: nn.Module, *, features: bool = False) -> Callable:
+        """The callable every batch forward of `net` goes through: images (B, C, H, W) -> logits (B, K),
+        or (penultimate features (B, D), logits (B, K)) with `features`.
+
+        In one process without `train.compile` it is `net` itself. Under torchrun it runs a DDP wrapper of
+        `net` on this rank's shard of the rows and gathers the whole batch's outputs (`ShardedForward`);
+        with `train.compile` the network (or its DDP wrapper) is `torch.compile`d. Built once per network
+        and kept; `net` stays the unwrapped module, so its state_dict keys never change.
+        """
+        key = (id(net), features)
+        if key not in self._runners:
+            module = net
+            if features:
+                from pipeline.grad_similarity import FeaturesAndLogits
+
+                module = FeaturesAndLogits(net)
+            if self.dist.active:
+                module = wrap_ddp(module, self.dist, self.device, self.cfg.sync_bn)
+            if self.cfg.compile:
+                module = torch.compile(module)
+            self._runners[key] = (net, ShardedForward(module, self.dist))
+        return self._runners[key][1]
 
     @property
     def amp(self) -> contextlib.AbstractContextManager:
@@ -168,10 +195,11 @@ def predict(
     was = model.training
     model.eval()
     out = []
+    run = ctx.parallel(model)
     for i in range(0, len(data), batch_size or ctx.cfg.eval_batch_size):
         x = ctx.normalize(data.images[i : i + (batch_size or ctx.cfg.eval_batch_size)])
         with ctx.amp:
-            out.append(model(x).float().softmax(-1))
+            out.append(run(x).float().softmax(-1))
     model.train(was)
     return torch.cat(out) if out else torch.empty(0, ctx.num_classes, device=ctx.device)
 
@@ -186,7 +214,7 @@ def ce_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One plain cross-entropy step. Returns (per-sample loss (B,), logits (B,K)), both detached."""
     with ctx.amp:
-        logits = model(x)
+        logits = ctx.parallel(model)(x)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
     opt.zero_grad(set_to_none=True)
     loss.mean().backward()
@@ -302,7 +330,8 @@ def fit(
     The log row per epoch holds: epoch, train_loss, train_acc (vs given labels), test_acc, kept_fraction,
     label_precision (share of kept samples whose given label is correct; NaN when truth unknown),
     lr, seconds (cumulative training time), plus the method's extra figures. The step log holds one row
-    per step (see `FitResult.steps`); both are saved in the checkpoint and restored on resume.
+    per step (see `FitResult.steps`); both are saved in the checkpoint and restored on resume. Under
+    torchrun every rank runs this loop in step; rank 0 alone prints and writes the checkpoint.
 
     Args:
         method: an object satisfying `pipeline.methods.Method`.
@@ -317,6 +346,7 @@ def fit(
     log: list[dict[str, float]] = []
     steps: list[dict[str, float]] = []
     start, elapsed = 0, 0.0
+    say = tqdm.write if ctx.dist.is_main else (lambda _msg: None)
     rng_cm = torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else [])
     with rng_cm:
         torch.manual_seed(ctx.seed)
@@ -328,9 +358,9 @@ def fit(
                 torch.set_rng_state(st["torch_rng"])
                 log, start, elapsed = list(st["log"]), int(st["epoch"]), float(st["seconds"])
                 steps = list(st.get("steps", []))
-                tqdm.write(f"[{name}] resumed from {checkpoint} after epoch {start}")
+                say(f"[{name}] resumed from {checkpoint} after epoch {start}")
             elif st is not None:
-                tqdm.write(f"[{name}] ignoring {checkpoint}: it was written with other params")
+                say(f"[{name}] ignoring {checkpoint}: it was written with other params")
         truth = ctx.train.true_labels
         clean = None if truth is None else (truth == ctx.train.labels)
         for epoch in range(start, epochs):
@@ -362,14 +392,14 @@ def fit(
             }
             log.append(row)
             steps += step_rows(res.steps, epoch + 1, len(steps))
-            tqdm.write(
+            say(
                 f"[{name}] epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  train_acc "
                 f"{row['train_acc']:.3f}  test_acc {test_acc:.3f}  kept {kept_frac:.2f}  label_prec "
                 f"{precision:.3f}  {elapsed:.1f}s"
             )
             if on_epoch:
                 on_epoch(row)
-            if checkpoint is not None:
+            if checkpoint is not None and ctx.dist.is_main:
                 save_checkpoint(
                     checkpoint,
                     {
@@ -399,5 +429,6 @@ def step_rows(cols: dict[str, torch.Tensor], epoch: int, first_step: int) -> lis
 
 
 def progress(it: Iterable, ctx: TrainContext, desc: str, total: int | None = None) -> Iterable:
-    """tqdm over `it` when `train.progress` is on."""
-    return tqdm(it, desc=desc, total=total, leave=False, disable=not ctx.cfg.progress, mininterval=0.5)
+    """tqdm over `it` when `train.progress` is on (rank 0 only under torchrun)."""
+    off = not ctx.cfg.progress or not ctx.dist.is_main
+    return tqdm(it, desc=desc, total=total, leave=False, disable=off, mininterval=0.5)

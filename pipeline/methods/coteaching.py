@@ -61,7 +61,7 @@ class Coteaching:
         for idx in progress(ctx.batches(), ctx, f"coteaching e{epoch + 1}"):
             idx, x, y = ctx.train_batch(idx)
             with ctx.amp:
-                la, lb = (net(x).float() for net in self.nets)
+                la, lb = (ctx.parallel(net)(x).float() for net in self.nets)
             ce_a = F.cross_entropy(la, y, reduction="none")
             ce_b = F.cross_entropy(lb, y, reduction="none")
             pick_a, pick_b = small_loss_indices(ce_a, forget), small_loss_indices(ce_b, forget)

@@ -214,7 +214,7 @@ def mixmatch_step(
     wx = w[idx_x][:, None]
     with torch.no_grad():
         with ctx.amp:
-            o1, o2 = net(x1).float(), net(x2).float()
+            o1, o2 = ctx.parallel(net)(x1).float(), ctx.parallel(net)(x2).float()
         lab = y if label_x is None else label_x(idx_x)
         px = 0.5 * (o1.softmax(-1) + o2.softmax(-1))
         tx = sharpen(wx * F.one_hot(lab, k).float() + (1.0 - wx) * px, o.temperature)
@@ -222,7 +222,7 @@ def mixmatch_step(
             _, u1, _ = ctx.train_batch(idx_u)
             _, u2, _ = ctx.train_batch(idx_u)
             with ctx.amp:
-                pu = sum(m(v).float().softmax(-1) for m in (net, peer) for v in (u1, u2)) / 4.0
+                pu = sum(ctx.parallel(m)(v).float().softmax(-1) for m in (net, peer) for v in (u1, u2)) / 4.0
             if hint_u is not None:
                 idx_u = idx_u.to(ctx.device)
                 wu = w[idx_u][:, None]
@@ -237,7 +237,7 @@ def mixmatch_step(
     mixed_x = lam * all_x + (1.0 - lam) * all_x[perm]
     mixed_t = lam * all_t + (1.0 - lam) * all_t[perm]
     with ctx.amp:
-        logits = net(mixed_x).float()
+        logits = ctx.parallel(net)(mixed_x).float()
     nx = 2 * len(idx_x)
     lx = -(F.log_softmax(logits[:nx], -1) * mixed_t[:nx]).sum(-1)
     lu = ((logits[nx:].softmax(-1) - mixed_t[nx:]) ** 2).mean() if has_u else logits.new_zeros(())

@@ -509,7 +509,7 @@ class GAL:
             else:
                 _, xb, yb = ctx.train_batch(ib)
             with ctx.amp:
-                la, lb = self.a(xa).float(), self.b(xb).float()
+                la, lb = ctx.parallel(self.a)(xa).float(), ctx.parallel(self.b)(xb).float()
             loss_a = F.cross_entropy(la, ya, reduction="none")
             loss_b = F.cross_entropy(lb, yb, reduction="none")
             self.opt_a.zero_grad(set_to_none=True)
@@ -580,12 +580,13 @@ class GAL:
         self.b.eval()
         try:
             with torch.no_grad(), ctx.amp:
-                pj = 0.5 * (self.a(x).float().softmax(-1) + self.b(x).float().softmax(-1))  # (B, K)
+                pa, pb = ctx.parallel(self.a)(x).float(), ctx.parallel(self.b)(x).float()
+                pj = 0.5 * (pa.softmax(-1) + pb.softmax(-1))  # (B, K)
         finally:
             self.a.train()
             self.b.train()
         with ctx.amp:
-            logp = F.log_softmax(self.c(x).float(), -1)  # (B, K)
+            logp = F.log_softmax(ctx.parallel(self.c)(x).float(), -1)  # (B, K)
         conf, yhat = pj.max(-1)
         l_c = ((conf > self.o.epsilon).float() * F.nll_loss(logp, yhat, reduction="none")).mean()
         l_d = F.kl_div(logp, pj, reduction="batchmean")  # mean over the batch of KL(p_joint ‖ p_C)

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
-from pipeline.grad_similarity import features_and_logits, last_layer_cosine, similarity_weights
+from pipeline.grad_similarity import last_layer_cosine, similarity_weights
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.train import (
     Accumulator,
@@ -125,7 +125,7 @@ class GradSim:
         w_sums = torch.zeros(4, device=ctx.device)  # Σ weight clean, # clean, Σ weight noisy, # noisy
         for idx, x, y in (ctx.train_batch(b) for b in progress(ctx.batches(), ctx, f"gradsim e{epoch + 1}")):
             with ctx.amp:
-                h, logits = features_and_logits(self.net, x)
+                h, logits = ctx.parallel(self.net, features=True)(x)
             logits = logits.float()
             loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
             with torch.no_grad():

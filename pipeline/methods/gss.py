@@ -235,7 +235,7 @@ class GSS:
             draws = sample_pools(self.pools[:, idx], self.gen)  # (P, B): one multinomial for all networks
             for j, (net, opt) in enumerate(zip(self.nets, self.opts, strict=True)):
                 with ctx.amp:
-                    logits = net(x).float()
+                    logits = ctx.parallel(net)(x).float()
                 loss = F.cross_entropy(logits, draws[j], reduction="none")
                 opt.zero_grad(set_to_none=True)
                 loss.mean().backward()

@@ -119,7 +119,7 @@ class JoCoR:
         for idx in progress(ctx.batches(), ctx, f"jocor e{epoch + 1}"):
             idx, x, y = ctx.train_batch(idx)
             with ctx.amp:
-                logits = [net(x).float() for net in self.nets]
+                logits = [ctx.parallel(net)(x).float() for net in self.nets]
             ell = joint_loss(logits, y, self.lam, self.pairs, self.o.contrast)
             pick = small_loss_indices(ell, forget)
             loss = ell[pick].mean()
