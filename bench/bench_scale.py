@@ -12,6 +12,12 @@ autotuning, `torch.compile`), so the projection errs on the high side.
     # this machine, the default params
     python bench/bench_scale.py --methods ce,gal,gss,gradsim,jocor,dividemix
 
+`--compile` times the networks under `torch.compile` (train.compile); the first epoch pays the compile.
+`--sync-debug` (CUDA) counts the host synchronisations PyTorch reports while training
+(`torch.cuda.set_sync_debug_mode`) and prints them per optimiser step, with the lines they come from: the
+driver's per-epoch log and eval passes account for a handful per epoch, so a figure well below 1 per step
+means the training step itself does not wait for the GPU.
+
 Images/s counts training images per second of a main epoch (N / epoch time); a co-training method that
 runs several networks on each image still counts each image once. Peak memory is
 `torch.cuda.max_memory_allocated` on CUDA and the process's peak resident set size on CPU (sampled).
@@ -27,6 +33,8 @@ import os
 import platform
 import sys
 import threading
+import warnings
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -81,6 +89,34 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, self.rss())
+
+
+class SyncCounter:
+    """Counts the synchronising CUDA calls PyTorch warns about inside the block (`--sync-debug`), by source
+    line; a no-op on CPU or when off."""
+
+    def __init__(self, device: torch.device, on: bool) -> None:
+        self.on = on and device.type == "cuda"
+        self.sites: Counter[str] = Counter()
+
+    def __enter__(self) -> SyncCounter:
+        if self.on:
+            self._catch = warnings.catch_warnings(record=True)
+            self._seen = self._catch.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.on:
+            torch.cuda.set_sync_debug_mode("default")
+            self._catch.__exit__(*exc)
+            for w in self._seen:
+                if "synchroniz" in str(w.message):
+                    self.sites[f"{Path(w.filename).name}:{w.lineno}"] += 1
+
+    def per_step(self, steps: int) -> float | None:
+        return sum(self.sites.values()) / max(steps, 1) if self.on else None
 
 
 def synthetic_data(n: int, params: Params, device: torch.device, k: int = 10) -> tuple[ImageData, ImageData]:
@@ -140,6 +176,8 @@ def main() -> None:
     ap.add_argument("--main-epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
     ap.add_argument("--synthetic", type=int, default=None, help="N random images instead of the dataset")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--compile", action="store_true", help="train.compile: true")
+    ap.add_argument("--sync-debug", action="store_true", help="CUDA: count host syncs per optimiser step")
     args = ap.parse_args()
     params = load_params(args.params)
     device = resolve_device(params.train.device)
@@ -157,13 +195,18 @@ def main() -> None:
         cut = min(warm, 1)
         cfg = params.train.model_copy(
             update={"epochs": cut + args.main_epochs, "progress": False, "resume": False}
+            | ({"compile": True} if args.compile else {})
         )
         run = params.model_copy(update={"train": cfg})
         rate = params.noise.rate if name in ("jocor", "coteaching") else None
         oof = None
         if name == "cl":  # CL scores out-of-fold probabilities: uniform ones time its training part
             oof = torch.full((len(train), k), 1.0 / k, device=device)
-        with PeakMemory(device) as mem, contextlib.redirect_stdout(io.StringIO()):
+        with (
+            PeakMemory(device) as mem,
+            contextlib.redirect_stdout(io.StringIO()),
+            SyncCounter(device, args.sync_debug) as syncs,
+        ):
             _, _, res = train_method(
                 name, opts, run, train, test, k, device, None, noise_rate=rate, oof_probs=oof
             )
@@ -179,8 +222,11 @@ def main() -> None:
                 "images_per_s": len(train) / t_main,
                 "peak_memory_mib": mem.peak / 2**20,
                 "projected_s": warm * t_warm + (full_epochs - warm) * t_main,
+                "host_syncs_per_step": syncs.per_step(len(res.steps)),
             }
         )
+        if syncs.sites:
+            print(f"{name}: host syncs {dict(syncs.sites.most_common(5))}", file=sys.stderr)
         print(f"{name}: main epoch {t_main:.2f}s, {len(train) / t_main:.0f} images/s", file=sys.stderr)
     ce = rows[0]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

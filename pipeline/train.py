@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.config import TrainParams
-from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices
+from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices, to_device
 from pipeline.distributed import Dist, ShardedForward, wrap_ddp
 from pipeline.errors import ConfigError
 
@@ -115,7 +115,7 @@ class TrainContext:
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(idx, augmented normalised images (B,C,H,W), given labels (B,)) for one batch of indices."""
-        idx = idx.to(self.device)
+        idx = to_device(idx, self.device)
         x = augment(self.train.images[idx], self.cfg.augment, self.gen)
         x = self.normalize(x)
         if self.device.type == "cuda":

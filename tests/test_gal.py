@@ -110,6 +110,36 @@ def test_masked_step_restores_adam_state_and_fresh_state():
     assert not opt.state.get(net.weight, {}).get("momentum_buffer", torch.zeros(1)).any()
 
 
+def test_sync_free_masked_step_ends_where_the_flagged_one_does():
+    """The CUDA path (no host sync: every tensor snapshotted and restored) against the CPU path (fully blocked
+    tensors skipped), over three SGD steps with momentum and weight decay, masks fully blocked, fully
+    passed and mixed: parameters and momentum buffers equal bit for bit."""
+    nets, opts = [], []
+    for _ in range(2):
+        net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        net.load_state_dict(nets[0].state_dict()) if nets else None
+        nets.append(net)
+        opts.append(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4))
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        masks = [
+            torch.tensor(step != 1),
+            torch.rand(3, generator=g) < 0.5,
+            torch.rand(2, 1, generator=g) < 0.5,
+        ]
+        masks.append(torch.tensor(step == 0))
+        grads = [torch.randn(p.shape, generator=g) for p in nets[0].parameters()]
+        for net, opt, free in zip(nets, opts, (False, True), strict=True):
+            for p, gr in zip(net.parameters(), grads, strict=True):
+                p.grad = gr.clone()
+            masked_step(opt, list(net.parameters()), masks, sync_free=free)
+    for pa, pb in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        ma = opts[0].state.get(pa, {}).get("momentum_buffer")
+        mb = opts[1].state[pb]["momentum_buffer"]
+        assert torch.equal(mb, torch.zeros_like(mb) if ma is None else ma)
+
+
 # ------------------------------------------------------------------------------------------------ CDAS
 def _labels(n=203, k=5, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -252,3 +252,30 @@ def test_same_seed_same_probabilities(tmp_path):
     _, a = _run(tmp_path / "a", resume=False, kill_after=None, epochs=2)
     _, b = _run(tmp_path / "b", resume=False, kill_after=None, epochs=2)
     assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------- compile
+def test_compile_trains_like_eager_and_keeps_state_keys(monkeypatch):
+    """`train.compile` wraps each network's batch forwards in torch.compile. Inductor's C++ build takes about
+    a minute here, so the test swaps in the aot_eager backend (same graph capture and autograd tracing,
+    eager kernels); bench/bench_scale.py --compile times the real thing. GAL covers the CE warm-up (ce_step),
+    the agreement step on two compiled networks and θC."""
+    import torch._dynamo
+
+    name = "gal"
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compile_(m, backend="aot_eager", **kw))
+    torch._dynamo.reset()
+    train, test = digits_data(96, 32, noise=0.4)
+    opts = {"warmup_epochs": 1}
+    runs = {}
+    for flag in (False, True):
+        ctx = make_ctx(train, test, epochs=2, compile=flag)
+        method = REGISTRY[name].build(REGISTRY[name].options(**opts), ctx)
+        fit(method, ctx, name=name, epochs=2)
+        runs[flag] = method.export().probs
+        nets = method.networks()
+        compiled = isinstance(ctx.parallel(nets[0]).module, torch._dynamo.eval_frame.OptimizedModule)
+        assert compiled == flag
+        assert not any("_orig_mod" in k for k in str(method.state_dict()).split("'"))
+    assert torch.allclose(runs[True], runs[False], atol=1e-5)

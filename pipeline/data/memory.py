@@ -106,13 +106,22 @@ class Normalizer:
         return (x_uint8.float().div_(255.0) - self.mean) / self.std
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` without blocking the host: a CPU tensor goes to CUDA through pinned memory, since a
+    copy from pageable memory first waits for the GPU to finish its queued work (a host sync per step)."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """Random pad-crop and horizontal flip on a whole batch at once.
 
     Args:
         x: (B, C, H, W) uint8 or float batch.
         p: augmentation options.
-        gen: CPU generator the random offsets are drawn from.
+        gen: CPU generator the random offsets are drawn from (the same draws on every device; they reach a
+            GPU without a host sync, see `to_device`).
 
     Returns:
         (B, C, H, W) augmented batch, same dtype and device.
@@ -121,15 +130,15 @@ def augment(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Te
     if p.pad_crop > 0:
         pad = p.pad_crop
         xp = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        dy = to_device(torch.randint(0, 2 * pad + 1, (b,), generator=gen), x.device)
+        dx = to_device(torch.randint(0, 2 * pad + 1, (b,), generator=gen), x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # B,1,H,1
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # B,1,1,W
         bi = torch.arange(b, device=x.device)[:, None, None, None]
         ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = xp[bi, ci, rows, cols]
     if p.hflip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        flip = to_device(torch.rand(b, generator=gen) < 0.5, x.device)[:, None, None, None]
         x = torch.where(flip, x.flip(-1), x)
     return x
 

@@ -38,7 +38,7 @@ from scipy.special import betaincinv
 from torch import nn
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.memory import ImageData, to_device
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.train import (
     Accumulator,
@@ -210,7 +210,7 @@ def mixmatch_step(
     _, x1, y = ctx.train_batch(idx_x)
     _, x2, _ = ctx.train_batch(idx_x)
     has_u = idx_u.numel() > 0
-    idx_x = idx_x.to(ctx.device)
+    idx_x = to_device(idx_x, ctx.device)
     wx = w[idx_x][:, None]
     with torch.no_grad():
         with ctx.amp:
@@ -224,7 +224,7 @@ def mixmatch_step(
             with ctx.amp:
                 pu = sum(ctx.parallel(m)(v).float().softmax(-1) for m in (net, peer) for v in (u1, u2)) / 4.0
             if hint_u is not None:
-                idx_u = idx_u.to(ctx.device)
+                idx_u = to_device(idx_u, ctx.device)
                 wu = w[idx_u][:, None]
                 pu = wu * F.one_hot(hint_u(idx_u), k).float() + (1.0 - wu) * pu
             tu = sharpen(pu, o.temperature)
@@ -233,7 +233,7 @@ def mixmatch_step(
     all_x, all_t = torch.cat(inputs), torch.cat(targets)
     lam = beta_draw(o.alpha, ctx.gen)
     lam = max(lam, 1.0 - lam)
-    perm = torch.randperm(len(all_x), generator=ctx.gen).to(ctx.device)
+    perm = to_device(torch.randperm(len(all_x), generator=ctx.gen), ctx.device)
     mixed_x = lam * all_x + (1.0 - lam) * all_x[perm]
     mixed_t = lam * all_t + (1.0 - lam) * all_t[perm]
     with ctx.amp:

@@ -323,6 +323,7 @@ def masked_step(
     params: Sequence[nn.Parameter],
     masks: Sequence[torch.Tensor],
     flags: Sequence[tuple[bool, bool]] | None = None,
+    sync_free: bool = False,
 ):
     """`opt.step()` where every entry whose mask is False does not change at all: no gradient step, no
     weight decay, no momentum / Adam-moment update.
@@ -335,14 +336,21 @@ def masked_step(
     zeros (for SGD without dampening a zero buffer is the same as no buffer). One host sync per call reads
     which tensors are fully passed, fully blocked or mixed.
 
+    On CUDA that sync would stall the GPU queue every step, so there every tensor takes the snapshot path
+    (`flags` = None with `sync_free`): a fully blocked tensor steps and is then restored. Values, momentum
+    buffers and Adam moments end the same; only Adam's per-tensor step count (kept on the host) advances.
+
     Args:
         opt: the optimiser holding `params`.
         params: parameters with gradients.
         masks: one bool mask per parameter, broadcastable to its shape (True = update).
         flags: `mask_flags(masks)` when the caller already has them (A and B share one mask set).
+        sync_free: snapshot and restore every tensor instead of reading the flags (no host sync).
     """
     if not params:
         return
+    if sync_free:
+        flags = [(False, True)] * len(params)
     flags = mask_flags(masks) if flags is None else flags
     mixed = [i for i, (every, some) in enumerate(flags) if some and not every]
     for (_, some), p in zip(flags, params, strict=True):
@@ -425,9 +433,10 @@ def agreement_update(
     mask = gate if select is None else select(gate, sizes, gate_ratio)
     updated = gate_ratio if select is None else (mask * sizes).sum().float() / total
     masks = _unit_masks(mask, pa, granularity)
-    flags = mask_flags(masks) if masks else []  # one host sync for both networks
-    masked_step(opt_a, pa, masks, flags)
-    masked_step(opt_b, pb, masks, flags)
+    sync_free = bool(pa) and pa[0].device.type == "cuda"
+    flags = mask_flags(masks) if masks and not sync_free else None  # one host sync for both networks
+    masked_step(opt_a, pa, masks, flags, sync_free)
+    masked_step(opt_b, pb, masks, flags, sync_free)
     mean_cos = (cos * sizes).sum() / total
     return AgreementStats(updated, gate_ratio, gate.float().mean(), mean_cos)
 
