@@ -62,6 +62,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gal_random_sampling": ("gal", {"sampling": "random"}),
     "gal_identical": ("gal", {"sampling": "identical"}),
     "gal_w8": ("gal", {"warmup_epochs": 8}),  # the paper's 80/200 warm-up share on a 20-epoch run
+    "gal_train": ("gal", {"joint_from": "train"}),  # θC's targets from A's and B's training passes
+    "gal_w8_train": ("gal", {"warmup_epochs": 8, "joint_from": "train"}),
     "gss_sb": ("gss", {"variant": "sb"}),
     "gss_sb_train": ("gss", {"variant": "sb", "pool_probs": "train"}),  # p from the training passes
     "gss_db": ("gss", {"variant": "db"}),
@@ -99,12 +101,14 @@ def cost_floor(method: str, opts: dict, epochs: int) -> float:
     inference-only forward as 1/3 of it, over `epochs` epochs.
 
     GAL: its warm-up trains one network (1); afterwards A and B each step (2), and θC steps (1) after
-    two eval forwards of A and B on its batch (2/3): (warm-up + 3.67 × rest) / epochs with θC, 2 without;
-    `cdas_no_reverse` uses each batch pair once, so half the post-warm-up steps.
+    two eval forwards of A and B on its batch (2/3): (warm-up + 3.67 × rest) / epochs with θC, 2 without,
+    3 with `joint_from: train` (no eval forwards); `cdas_no_reverse` uses each batch pair once, so half the
+    post-warm-up steps.
     """
     if method == "gal":
         warm = min(opts.get("warmup_epochs", 5), epochs)
-        per = 2.0 + (1.0 + 2 / 3 if opts.get("third_net", True) else 0.0)
+        evals = 0.0 if opts.get("joint_from") == "train" else 2 / 3
+        per = 2.0 + (1.0 + evals if opts.get("third_net", True) else 0.0)
         if opts.get("sampling") == "cdas_no_reverse":
             per /= 2  # each (X^a, X^b) pair is used once, not twice: half the steps per epoch
         return (warm + per * (epochs - warm)) / epochs

@@ -312,6 +312,8 @@ def test_clone_gives_identical_twins_and_identical_sampling_keeps_them_identical
         dict(agreement_on="update", granularity="channel"),
         dict(granularity="element", third_net=False, sampling="random"),
         dict(sampling="cdas_no_reverse", tau=1.0),
+        dict(joint_from="train"),
+        dict(joint_from="train", sampling="identical"),
     ],
 )
 def test_option_variants_run(over):
@@ -331,6 +333,50 @@ def test_option_variants_run(over):
     clone = REGISTRY["gal"].build(opts, ctx)
     clone.load_state_dict(method.state_dict())
     assert torch.equal(clone.predict(test), probs)
+
+
+def _forward_counts(method) -> dict[str, int]:
+    """Hooks counting forward calls per network and mode: keys like 'a.eval', 'c.train'."""
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def count(module, args, out):
+            key = f"{name}.{'train' if module.training else 'eval'}"
+            counts[key] = counts.get(key, 0) + 1
+
+        return count
+
+    for name in ("a", "b", "c"):
+        getattr(method, name).register_forward_hook(hook(name))
+    return counts
+
+
+@pytest.mark.parametrize("sampling", ["cdas", "identical"])
+def test_joint_from_train_drops_the_eval_forwards_and_keeps_thetac_steps(sampling):
+    """`joint_from: train` trains θC from A's and B's own training passes: no eval-mode forward of A or B
+    during the epoch, and θC takes as many steps as with the eval-mode joint (an even number of CDAS steps
+    here), on targets that are a mean of two distributions."""
+    train, test = digits_data(128, 16, noise=0.4)
+    runs = {}
+    for joint in ("eval", "train"):
+        ctx = make_ctx(train, test, epochs=2)
+        method = REGISTRY["gal"].build(GALOptions(warmup_epochs=0, sampling=sampling, joint_from=joint), ctx)
+        method._clone()
+        counts = _forward_counts(method)
+        res = method.train_epoch(0)
+        steps = len(res.steps["agreement_ratio"])
+        runs[joint] = (counts, steps)
+    (eval_counts, steps), (train_counts, steps_t) = runs["eval"], runs["train"]
+    assert steps == steps_t and steps % 2 == 0
+    assert eval_counts["a.eval"] == eval_counts["b.eval"] == steps
+    assert "a.eval" not in train_counts and "b.eval" not in train_counts
+    assert train_counts["c.train"] == eval_counts["c.train"] == steps
+
+
+def test_joint_from_train_needs_reversed_or_identical_batches():
+    for sampling in ("random", "cdas_no_reverse"):
+        with pytest.raises(ValueError, match=f"joint_from: train needs .* not sampling {sampling}"):
+            GALOptions(joint_from="train", sampling=sampling)
 
 
 class _Killed(Exception):
@@ -383,6 +429,14 @@ def test_gal_beats_ce_and_keeps_its_best_accuracy_under_symmetric_noise(noise):
     print(f"{noise:.0%}: ce last {ce[-1]:.3f} best {max(ce):.3f}; gal last {gal[-1]:.3f} best {max(gal):.3f}")
     assert gal[-1] > ce[-1] + 0.05
     assert max(gal) - gal[-1] < max(ce) - ce[-1]  # CE memorises the noise after its best epoch, GAL does not
+
+
+def test_gal_with_training_pass_joint_beats_ce_at_40_percent():
+    ce = _accuracies("ce", {}, 0.4)
+    gal = _accuracies("gal", {"warmup_epochs": 4, "joint_from": "train"}, 0.4)
+    print(f"ce last {ce[-1]:.3f} best {max(ce):.3f}; gal last {gal[-1]:.3f} best {max(gal):.3f}")
+    assert gal[-1] > ce[-1] + 0.05
+    assert max(gal) - gal[-1] < max(ce) - ce[-1]
 
 
 def _last_epoch_agreement(noise: float) -> dict[str, float]:
