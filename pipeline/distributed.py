@@ -23,8 +23,9 @@ a 1-rank run to float tolerance (tests/test_distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,17 @@ def shutdown() -> None:
     """Leave the process group if this process joined one."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
+    """`init` on entry; on exit `shutdown`, when this block joined the group."""
+    joined = init(dist, device)
+    try:
+        yield
+    finally:
+        if joined:
+            shutdown()
 
 
 class _GatherRows(torch.autograd.Function):

@@ -18,7 +18,7 @@ import torch
 from pipeline.config import Params, TrainParams, validate_section
 from pipeline.data.memory import ImageData, load_split
 from pipeline.data.sources import ingest, subsample
-from pipeline.distributed import Dist, device_for, from_env, init, shutdown
+from pipeline.distributed import Dist, device_for, from_env, process_group
 from pipeline.errors import ConfigError, DataError
 from pipeline.grad_similarity import grad_similarity
 from pipeline.io import read_csv, read_json, read_table, staged_outputs
@@ -273,86 +273,56 @@ def run_train(
             "(each rank needs at least 2 rows of every batch)"
         )
     device = device_for(dist, resolve_device(params.train.device))
-    joined = init(dist, device)
-    try:
-        _train_and_write(
-            params,
-            name,
-            ingested_dir,
-            noisy_path,
-            scores_out,
-            log_out,
-            checkpoint,
-            steps_out,
-            history_out,
-            device,
-            dist,
-            on_epoch,
+    with process_group(dist, device):
+        train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
+        rate, oof = load_estimate(
+            noisy_path.parent / "noise_report.json", noisy_path.parent / "oof_probs.parquet", train, device
         )
-    finally:
-        if joined:
-            shutdown()
-
-
-def _train_and_write(
-    params: Params,
-    name: str,
-    ingested_dir: Path,
-    noisy_path: Path,
-    scores_out: Path,
-    log_out: Path,
-    checkpoint: Path | None,
-    steps_out: Path,
-    history_out: Path,
-    device: torch.device,
-    dist: Dist,
-    on_epoch: Callable[[dict[str, float]], None] | None,
-) -> None:
-    """`run_train`'s body on one rank (see there)."""
-    train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
-    rate, oof = load_estimate(
-        noisy_path.parent / "noise_report.json", noisy_path.parent / "oof_probs.parquet", train, device
-    )
-    method, ctx, res = train_method(
-        name,
-        params.method.get(name),
-        params,
-        train,
-        test,
-        len(names),
-        device,
-        checkpoint,
-        noise_rate=rate,
-        oof_probs=oof,
-        on_epoch=on_epoch,
-        dist=dist,
-    )
-    output = method.export()  # every rank: its eval passes are sharded and gathered
-    if not dist.is_main:
-        return
-    t0 = time.perf_counter()
-    sim = grad_similarity(
-        method.networks(), ctx.train, ctx, k=params.train.similarity_top_k, seed=params.seed + SIMILARITY_SEED
-    )
-    sim_seconds = time.perf_counter() - t0
-    scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
-    validate(scores, SCORES, len(names), str(scores_out), rows=len(train))
-    history = output.history
-    if history is not None:
-        validate(history, POOL_HISTORY, len(names), str(history_out))
-    else:
-        history = POOL_HISTORY.arrow_schema().empty_table()
-    with staged_outputs() as out:
-        out.write_table(scores_out, scores, SCORES, names)
-        out.write_table(history_out, history, POOL_HISTORY, names)
-        out.write_csv(log_out, pl.DataFrame(res.log))
-        out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
-    last = res.log[-1]
-    print(
-        f"train@{name}: test_acc {last['test_acc']:.4f} (best {max(r['test_acc'] for r in res.log):.4f}), "
-        f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s; "
-        f"grad_similarity pass {sim_seconds:.2f}s ({sim_seconds / max(res.seconds, 1e-9):.1%} of training)"
-    )
+        method, ctx, res = train_method(
+            name,
+            params.method.get(name),
+            params,
+            train,
+            test,
+            len(names),
+            device,
+            checkpoint,
+            noise_rate=rate,
+            oof_probs=oof,
+            on_epoch=on_epoch,
+            dist=dist,
+        )
+        output = method.export()  # every rank: its eval passes are sharded and gathered
+        if not dist.is_main:
+            return
+        t0 = time.perf_counter()
+        sim = grad_similarity(
+            method.networks(),
+            ctx.train,
+            ctx,
+            k=params.train.similarity_top_k,
+            seed=params.seed + SIMILARITY_SEED,
+        )
+        sim_seconds = time.perf_counter() - t0
+        scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
+        validate(scores, SCORES, len(names), str(scores_out), rows=len(train))
+        history = output.history
+        if history is not None:
+            validate(history, POOL_HISTORY, len(names), str(history_out))
+        else:
+            history = POOL_HISTORY.arrow_schema().empty_table()
+        with staged_outputs() as out:
+            out.write_table(scores_out, scores, SCORES, names)
+            out.write_table(history_out, history, POOL_HISTORY, names)
+            out.write_csv(log_out, pl.DataFrame(res.log))
+            out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
+        last, best = res.log[-1]["test_acc"], max(r["test_acc"] for r in res.log)
+        share = sim_seconds / max(res.seconds, 1e-9)
+        print(
+            f"train@{name}: test_acc {last:.4f} (best {best:.4f}), "
+            f"{int(scores['is_flagged'].sum())} flagged, {res.seconds:.1f}s; "
+            f"grad_similarity pass {sim_seconds:.2f}s ({share:.1%} of training)"
+        )
 
 
 # -------------------------------------------------------------------------------------------- gal agreement
