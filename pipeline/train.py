@@ -69,7 +69,7 @@ class TrainContext:
     noise_rate: float | None = None
     oof_probs: torch.Tensor | None = None
     dist: Dist = field(default_factory=Dist)
-    _runners: dict[int, tuple[nn.Module, Callable]] = field(default_factory=dict, repr=False)
+    _runners: dict[tuple[int, bool], tuple[nn.Module, Callable]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.gen.manual_seed(self.seed)
@@ -80,7 +80,7 @@ class TrainContext:
         """The callable every batch forward of `net` goes through: images (B, C, H, W) -> logits (B, K),
         or (penultimate features (B, D), logits (B, K)) with `features`.
 
-        In one process without `train.compile` it is `net` itself. Under torchrun it runs a DDP wrapper of
+        In one process without `train.compile` it simply calls `net`. Under torchrun it runs a DDP wrapper of
         `net` on this rank's shard of the rows and gathers the whole batch's outputs (`ShardedForward`);
         with `train.compile` the network (or its DDP wrapper) is `torch.compile`d. Built once per network
         and kept; `net` stays the unwrapped module, so its state_dict keys never change.
