@@ -69,7 +69,7 @@ class TrainContext:
     noise_rate: float | None = None
     oof_probs: torch.Tensor | None = None
     dist: Dist = field(default_factory=Dist)
-    _runners: dict[tuple[int, bool], tuple[nn.Module, Callable]] = field(default_factory=dict, repr=False)
+    _runners: dict[tuple[nn.Module, bool], Callable] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.gen.manual_seed(self.seed)
@@ -85,7 +85,7 @@ class TrainContext:
         with `train.compile` the network (or its DDP wrapper) is `torch.compile`d. Built once per network
         and kept; `net` stays the unwrapped module, so its state_dict keys never change.
         """
-        key = (id(net), features)
+        key = (net, features)  # modules hash by identity
         if key not in self._runners:
             module = net
             if features:
@@ -96,8 +96,8 @@ class TrainContext:
                 module = wrap_ddp(module, self.dist, self.device, self.cfg.sync_bn)
             if self.cfg.compile:
                 module = torch.compile(module)
-            self._runners[key] = (net, ShardedForward(module, self.dist))
-        return self._runners[key][1]
+            self._runners[key] = ShardedForward(module, self.dist)
+        return self._runners[key]
 
     @property
     def amp(self) -> contextlib.AbstractContextManager:

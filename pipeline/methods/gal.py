@@ -358,8 +358,8 @@ def masked_step(
     zeros (for SGD without dampening a zero buffer is the same as no buffer). One host sync per call reads
     which tensors are fully passed, fully blocked or mixed.
 
-    On CUDA that sync would stall the GPU queue every step, so there every tensor takes the snapshot path
-    (`flags` = None with `sync_free`): a fully blocked tensor steps and is then restored. Values, momentum
+    On CUDA that sync would stall the GPU queue every step, so there (`sync_free`) every tensor takes the
+    snapshot path: a fully blocked tensor steps and is then restored. Values, momentum
     buffers and Adam moments end the same; only Adam's per-tensor step count (kept on the host) advances.
 
     Args:
