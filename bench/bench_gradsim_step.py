@@ -56,7 +56,7 @@ def main() -> None:
     y = torch.randint(0, args.classes, (b,), generator=gen).to(device)
     net_ce = build_model(cfg, args.classes, chans, seed=0).to(device)
     net_gs = copy.deepcopy(net_ce)
-    opt_ce, opt_gs = make_optimizer(net_ce.parameters(), cfg), make_optimizer(net_gs.parameters(), cfg)
+    opt_ce, opt_gs = make_optimizer(net_ce, cfg), make_optimizer(net_gs, cfg)
     bias = net_gs.get_classifier().bias is not None
 
     def ce_step() -> None:

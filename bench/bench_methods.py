@@ -148,8 +148,10 @@ def main() -> None:
     noisy = apply_noise(data.train, k, params.noise, params.seed)
     truth = None if noisy["true_label"].null_count() else noisy["true_label"].to_numpy()
     given = noisy["given_label"].to_numpy()
-    train = load_split(data.train, given, cfg.image_size, cfg.channels, device, truth)
-    test = load_split(data.test, data.test["label"].to_numpy(), cfg.image_size, train.images.shape[1], device)
+    train = load_split(data.train, given, cfg.stored_size, cfg.channels, device, truth)
+    test = load_split(
+        data.test, data.test["label"].to_numpy(), cfg.stored_size, train.images.shape[1], device
+    )
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:
         oof = out_of_fold_probs(

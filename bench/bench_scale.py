@@ -124,7 +124,7 @@ def synthetic_data(n: int, params: Params, device: torch.device, k: int = 10) ->
     timing does not depend on the content, so a GPU machine without the dataset can still be measured."""
     g = torch.Generator().manual_seed(params.seed)
     c = 1 if params.train.channels == 1 else 3
-    s = params.train.image_size
+    s = params.train.stored_size
 
     def split(m: int, offset: int) -> ImageData:
         labels = torch.randint(0, k, (m,), generator=g)
@@ -145,9 +145,11 @@ def real_data(params: Params, device: torch.device) -> tuple[ImageData, ImageDat
     truth = None if noisy["true_label"].null_count() else noisy["true_label"].to_numpy()
     cfg = params.train
     train = load_split(
-        data.train, noisy["given_label"].to_numpy(), cfg.image_size, cfg.channels, device, truth
+        data.train, noisy["given_label"].to_numpy(), cfg.stored_size, cfg.channels, device, truth
     )
-    test = load_split(data.test, data.test["label"].to_numpy(), cfg.image_size, train.images.shape[1], device)
+    test = load_split(
+        data.test, data.test["label"].to_numpy(), cfg.stored_size, train.images.shape[1], device
+    )
     return train, test, k
 
 

@@ -42,7 +42,7 @@ def main() -> None:
         noise = params.noise.model_copy(update={"kind": kind, "rate": rate})
         noisy = apply_noise(data.train, k, noise, params.seed)
         given = noisy["given_label"].to_numpy()
-        train = load_split(data.train, given, cfg.image_size, cfg.channels, device)
+        train = load_split(data.train, given, cfg.stored_size, cfg.channels, device)
         with contextlib.redirect_stdout(io.StringIO()):
             oof = out_of_fold_probs(
                 train,

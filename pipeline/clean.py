@@ -4,9 +4,14 @@ Per method and sample the policy proposes:
   * relabel to pseudo_label  when pseudo_label != given_label and confidence >= relabel_confidence;
   * drop                     else when noise_score >= drop_noise_score;
   * keep                     otherwise.
-With several methods a strict majority decides: relabel to L when more than half propose L; else drop when
-more than half call the label wrong (drop or any relabel) but do not agree on a target; else keep (ties
-keep the given label). A single method is the same rule with one vote.
+With several methods, `agreement` says how many must call the label wrong (propose drop or any relabel):
+`all` (every voter) or `majority` (more than half). When they do, relabel to L if more than half of the
+voters propose L, else drop; otherwise keep: a sample the voters disagree on keeps its label (it is
+the first thing a reviewer should look at). A single method is the same rule with one vote.
+
+`max_share` caps the share of rows relabelled or dropped (the noise stage's estimated rate by default):
+when more rows qualify, the ones with the highest mean noise_score over the voters are changed and the
+rest are kept, so the amount changed follows the estimated noise and does not run past it.
 """
 
 from __future__ import annotations
@@ -62,14 +67,18 @@ def clean_labels(
     *,
     relabel_confidence: float,
     drop_noise_score: float,
+    agreement: str = "majority",
+    max_share: float | None = None,
 ) -> pl.DataFrame:
-    """Apply the policy (majority vote across methods) and return the CLEANED table.
+    """Apply the policy (a vote across methods, see the module docstring) and return the CLEANED table.
 
     Args:
         scores: method name -> SCORES frame (same sample ids and given labels in each).
         class_names: K names, index = label.
         relabel_confidence: relabel threshold on the pseudo-label's confidence.
         drop_noise_score: drop threshold on noise_score.
+        agreement: "all" or "majority" of the voters must concur before a label is changed.
+        max_share: at most this share of the rows is relabelled or dropped (None = no cap).
 
     Returns:
         One row per sample, sorted by sample_id, in the CLEANED schema.
@@ -99,16 +108,30 @@ def clean_labels(
     best = rel_votes.argmax(0)
     best_votes = rel_votes.max(0)
     wrong_votes = (prop != 0).sum(0)
-    half = m / 2
-    action = np.where(best_votes > half, 1, np.where(wrong_votes > half, 2, 0))
+    if agreement not in ("all", "majority"):
+        raise ValueError(f"clean_labels: agreement must be 'all' or 'majority', not {agreement!r}")
+    need = m if agreement == "all" else m // 2 + 1
+    wrong = wrong_votes >= need
+    action = np.where(wrong & (best_votes >= m // 2 + 1), 1, np.where(wrong, 2, 0))
+    capped = np.zeros(n, dtype=bool)
+    if max_share is not None:
+        if not 0.0 <= max_share <= 1.0 or np.isnan(max_share):
+            raise ValueError(f"clean_labels: max_share must be in [0, 1], not {max_share}")
+        acted = np.flatnonzero(action != 0)
+        cap = int(np.floor(max_share * n + 1e-9))
+        if len(acted) > cap:
+            order = acted[np.argsort(-noise.mean(0)[acted], kind="stable")]
+            capped[order[cap:]] = True
+            action[capped] = 0
     cleaned = np.where(action == 1, best, given)
     agree = np.where(action == 1, (prop == 1) & (target == best), np.where(action == 2, prop != 0, prop == 0))
     agreeing = agree.sum(0)
     score_of = np.where(action == 1, conf, np.where(action == 2, noise, 1.0 - noise))  # (M, N)
     confidence = (score_of * agree).sum(0) / np.maximum(agreeing, 1)
     reasons = _reasons(
-        action, agree, names, given, best, confidence, class_names, relabel_confidence, drop_noise_score
-    )
+        action, agree, names, given, best, confidence, class_names, relabel_confidence, drop_noise_score,
+        wrong_votes, capped, max_share,
+    )  # fmt: skip
     acts = np.asarray(["keep", "relabel", "drop"])[action]
     return pl.DataFrame(
         {
@@ -130,12 +153,26 @@ def clean_labels(
     )
 
 
-def _reasons(action, agree, names, given, best, confidence, class_names, thr_rel, thr_drop) -> list[str]:
+def _reasons(
+    action, agree, names, given, best, confidence, class_names, thr_rel, thr_drop, wrong, capped, share
+) -> list[str]:
     m = len(names)
     out = []
     for i in range(len(action)):
         who = [names[j] for j in range(m) if agree[j, i]]
         votes = f"{len(who)}/{m} ({', '.join(who)})" if m > 1 else who[0] if who else names[0]
+        if capped[i]:
+            out.append(
+                f"{wrong[i]}/{m} call '{class_names[given[i]]}' wrong, but more rows qualified than "
+                f"clean.max_share {share:.3f} allows and this one is among the least suspicious: kept"
+            )
+            continue
+        if action[i] == 0 and wrong[i] > 0:
+            out.append(
+                f"{votes} accept '{class_names[given[i]]}', {wrong[i]}/{m} call it wrong: the voters "
+                f"disagree, so it is kept (worth a review)"
+            )
+            continue
         if action[i] == 1:
             out.append(
                 f"{votes} predict '{class_names[best[i]]}' instead of '{class_names[given[i]]}' "

@@ -63,7 +63,14 @@ class NoiseParams(Strict):
     asym_map: AsymMap = "digits"  # asymmetric: built-in map name or {from_class: to_class}
     estimate: bool = True  # estimate rate and matrix from out-of-fold CE probabilities (confident joint)
     estimate_folds: int = Field(4, ge=2)  # K of the K-fold cross-validation
-    estimate_epochs: int = Field(10, ge=1)  # CE epochs per fold (backbone and optimiser from `train`)
+    estimate_epochs: int = Field(10, ge=1)  # folds: at most this many CE epochs per fold (early-stopped)
+    estimate_from: Literal["auto", "probe", "folds"] = "auto"  # probe: out-of-fold logistic regression on
+    # the `embed` stage's features (pretrained, no training); folds: K-fold CE models trained from scratch;
+    # auto: probe when the noise stage is given embeddings, else folds
+    estimate_patience: int = Field(1, ge=1)  # folds: stop a fold after this many epochs without a better
+    # held-out (noisy-label) accuracy; its best epoch's probabilities are kept
+    min_model_accuracy: float = Field(0.7, ge=0.0, le=1.0)  # warn when the estimate's models look weaker:
+    # implied accuracy on the true labels = held-out noisy-label accuracy / (1 - estimated rate)
 
 
 class AugmentParams(Strict):
@@ -78,8 +85,14 @@ class TrainParams(Strict):
 
     backbone: str = "resnet10t"  # any timm model name
     model_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model kwargs
+    pretrained: bool | str = False  # false = random init; true = timm's hub (needs a network); a path = a
+    # timm-format state dict (.pth / .safetensors) for `backbone`, classifier reset to K classes
+    backbone_lr_scale: float = Field(1.0, ge=0.0)  # backbone lr = lr * this (the classifier keeps lr)
+    freeze_backbone_epochs: int = Field(0, ge=0)  # first epochs: the backbone's lr is 0 (head only)
     small_stem: bool = True  # replace the stem by a 3x3 stride-1 conv and drop the max-pool
-    image_size: int = Field(16, ge=8)  # px; images are resized once at load time
+    image_size: int = Field(16, ge=8)  # px the network sees
+    load_size: int | None = Field(None, ge=1)  # px images are decoded to and held in memory (None =
+    # image_size); batches are resized to image_size on the fly (e.g. 32 px CIFAR upsampled to 96)
     channels: Literal["auto", 1, 3] = "auto"  # auto = 1 if every image is grayscale else 3
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -110,14 +123,58 @@ class TrainParams(Strict):
         """`similarity_k` as the scoring pass takes it: None = every batch mate."""
         return None if self.similarity_k == "all" else self.similarity_k
 
+    @property
+    def stored_size(self) -> int:
+        """Side length (px) images are decoded to and kept in memory."""
+        return self.load_size or self.image_size
+
     @field_validator("backbone")
     @classmethod
     def _backbone_known(cls, v: str) -> str:
-        import timm
+        return _timm_model(v)
 
-        if not timm.is_model(v):
-            raise ValueError(f"unknown timm model '{v}' (see timm.list_models())")
-        return v
+    @model_validator(mode="after")
+    def _pretrained_stem(self) -> TrainParams:
+        if self.pretrained is not False and self.small_stem:
+            raise ValueError(
+                "train.small_stem: replaces the pretrained stem convolution by a random one; set small_stem: "
+                "false with train.pretrained and upsample small images instead (train.load_size < image_size)"
+            )
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():
+            raise ValueError("train.pretrained: an empty path")
+        if self.freeze_backbone_epochs >= self.epochs:
+            raise ValueError(
+                f"train.freeze_backbone_epochs: {self.freeze_backbone_epochs} leave no epoch of "
+                f"train.epochs ({self.epochs}) to fine-tune the backbone"
+            )
+        return self
+
+
+def _timm_model(v: str) -> str:
+    import timm
+
+    if not timm.is_model(v):
+        raise ValueError(f"unknown timm model '{v}' (see timm.list_models())")
+    return v
+
+
+class EmbedParams(Strict):
+    """`embed:` — one pass of a frozen pretrained backbone over both splits (the `embed` stage)."""
+
+    backbone: str = "efficientnet_lite0"  # timm model name
+    pretrained: bool | str = "models/efficientnet_lite0.safetensors"  # true = timm's hub; a path = a
+    # timm-format state dict (the `weights` stage converts the packaged EfficientNet-Lite0 there)
+    image_size: int = Field(128, ge=16)  # px the backbone sees (images are upsampled in the batch)
+    load_size: int | None = Field(None, ge=1)  # px images are decoded to in memory (None = native size of
+    # the first image, e.g. 32 for CIFAR, 8 for digits)
+    batch_size: int = Field(256, ge=1)
+    flip: bool = True  # average the features of the image and its horizontal mirror
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_known(cls, v: str) -> str:
+        return _timm_model(v)
 
 
 class CleanParams(Strict):
@@ -126,6 +183,10 @@ class CleanParams(Strict):
     methods: list[str] = Field(default_factory=lambda: ["ce"], min_length=1)  # score tables that vote
     relabel_confidence: float = Field(0.8, ge=0.0, le=1.0)  # relabel when pseudo != given and conf >= this
     drop_noise_score: float = Field(0.5, ge=0.0, le=1.0)  # else drop when noise_score >= this
+    agreement: Literal["all", "majority"] = "all"  # how many voters must call a label wrong before it is
+    # changed; a sample the voters disagree on is kept
+    max_share: float | Literal["auto"] | None = "auto"  # cap on the share of rows relabelled or dropped;
+    # auto = the noise stage's estimated rate (no cap when there is no estimate); null = no cap
 
 
 class EvaluateParams(Strict):
@@ -164,18 +225,42 @@ class Params(Strict):
     train: TrainParams = Field(default_factory=TrainParams)
     methods: list[str] = Field(default_factory=lambda: ["ce"], min_length=1)
     method: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method options, checked by registry
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    detectors: list[str] = Field(default_factory=list)  # detect@<name> stages on the embeddings
+    detector: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-detector options
     clean: CleanParams = Field(default_factory=CleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     gal_agreement: GalAgreementParams = Field(default_factory=GalAgreementParams)
 
+    @property
+    def scored(self) -> list[str]:
+        """Every name with a score table: the trained methods, then the embedding detectors."""
+        return self.methods + self.detectors
+
     @model_validator(mode="after")
     def _methods_known(self) -> Params:
+        from pipeline.detectors import DETECTORS
         from pipeline.methods import REGISTRY
 
-        for key, names in (("methods", self.methods), ("clean.methods", self.clean.methods)):
+        for key, names in (("methods", self.methods), ("detectors", self.detectors)):
+            known = REGISTRY if key == "methods" else DETECTORS
             for m in names:
-                if m not in REGISTRY:
-                    raise ValueError(f"{key}: unknown method '{m}' (known: {sorted(REGISTRY)})")
+                if m not in known:
+                    raise ValueError(f"{key}: unknown {key[:-1]} '{m}' (known: {sorted(known)})")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key}: a name is listed twice in {names}")
+        for m in self.clean.methods:
+            if m not in REGISTRY and m not in DETECTORS:
+                raise ValueError(
+                    f"clean.methods: unknown method '{m}' (known: {sorted(REGISTRY) + sorted(DETECTORS)})"
+                )
+        for d, opts in self.detector.items():
+            if d not in DETECTORS:
+                raise ValueError(f"detector.{d}: unknown detector '{d}' (known: {sorted(DETECTORS)})")
+            try:
+                DETECTORS[d].options.model_validate(opts or {})
+            except ValidationError as e:
+                raise ValueError(_format(e, f"detector.{d}")) from None
         for m, opts in self.method.items():
             if m not in REGISTRY:
                 raise ValueError(f"method.{m}: unknown method '{m}' (known: {sorted(REGISTRY)})")
@@ -198,9 +283,11 @@ class Params(Strict):
                 f"gal_agreement.epochs: {self.gal_agreement.epochs} leaves no step after GAL's warm-up "
                 f"(method.gal.warmup_epochs: {warm})"
             )
-        missing = [m for m in self.clean.methods if m not in self.methods]
+        missing = [m for m in self.clean.methods if m not in self.scored]
         if missing:
-            raise ValueError(f"clean.methods: {missing} are not in `methods`, so no scores will exist")
+            raise ValueError(
+                f"clean.methods: {missing} are not in `methods` or `detectors`, so no scores will exist"
+            )
         return self
 
 

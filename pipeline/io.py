@@ -47,8 +47,9 @@ class Outputs:
         table: pa.Table | pl.DataFrame,
         schema: TableSchema,
         class_names: list[str] | None = None,
+        metadata: dict[bytes, bytes] | None = None,
     ) -> None:
-        _write_parquet(self.path(dest), table, schema, class_names, where=str(dest))
+        _write_parquet(self.path(dest), table, schema, class_names, where=str(dest), metadata=metadata)
 
     def write_json(self, dest: str | os.PathLike, obj: Any) -> None:
         self.path(dest).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -89,16 +90,22 @@ def staged_outputs() -> Iterator[Outputs]:
 
 
 def _write_parquet(
-    path: Path, table: pa.Table | pl.DataFrame, schema: TableSchema, class_names: list[str] | None, where: str
+    path: Path,
+    table: pa.Table | pl.DataFrame,
+    schema: TableSchema,
+    class_names: list[str] | None,
+    where: str,
+    metadata: dict[bytes, bytes] | None = None,
 ) -> None:
     if isinstance(table, pl.DataFrame):
         table = table.to_arrow()
     table = schema.check(table, where)
+    meta = dict(table.schema.metadata or {}) | dict(metadata or {})
     if class_names is not None:
         from pipeline.schemas import CLASS_NAMES_KEY
 
-        meta = dict(table.schema.metadata or {})
         meta[CLASS_NAMES_KEY] = json.dumps(list(class_names)).encode()
+    if meta:
         table = table.replace_schema_metadata(meta)
     pq.write_table(table, path)
 

@@ -1,6 +1,8 @@
-"""Build any timm backbone for small images."""
+"""Build any timm backbone: random init for small images, or pretrained weights from timm's hub or a file."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import timm
 import torch
@@ -8,6 +10,76 @@ from torch import nn
 
 from pipeline.config import TrainParams
 from pipeline.errors import ConfigError
+from pipeline.weights import check_fits, normalization_of, read_state_dict
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Where a backbone's weights come from and the input normalisation they expect.
+
+    Attributes:
+        source: "hub" (timm's hub) or the weights file's path.
+        mean: per-channel mean of [0, 1] pixels (3 values, RGB).
+        std: per-channel std.
+    """
+
+    source: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def resolve_pretrained(backbone: str, pretrained: bool | str, key: str) -> Pretrained | None:
+    """Check the `pretrained` setting for `backbone` without building the model (None = random init).
+
+    The normalisation comes from the weights file's metadata when it records one (the converted Lite0
+    file does), else from timm's pretrained config of `backbone`.
+    """
+    if pretrained is False:
+        return None
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    mean = tuple((cfg.mean if cfg else None) or (0.485, 0.456, 0.406))
+    std = tuple((cfg.std if cfg else None) or (0.229, 0.224, 0.225))
+    if pretrained is True:
+        return Pretrained("hub", mean, std)
+    _, meta = read_state_dict(pretrained, key)
+    norm = normalization_of(meta)
+    return Pretrained(str(pretrained), *(norm or (mean, std)))
+
+
+def create_pretrained(
+    backbone: str, pretrained: bool | str, key: str, *, num_classes: int, in_chans: int, **kwargs
+) -> nn.Module:
+    """`timm.create_model` with pretrained weights: timm's hub for `True`, else the file at `pretrained`
+    (loaded through timm's `pretrained_cfg_overlay=dict(file=...)`: classifier reset to `num_classes`, first
+    conv adapted to `in_chans`). `key` names the params setting in every error.
+    """
+    if pretrained is True:
+        try:
+            return timm.create_model(
+                backbone, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs
+            )
+        except TypeError as e:
+            raise ConfigError(f"{key.rsplit('.', 1)[0]}.model_kwargs: {e}") from None
+        except Exception as e:  # noqa: BLE001 - offline, hub errors, missing weights
+            raise ConfigError(
+                f"{key}: true downloads '{backbone}' weights from timm's hub, which failed "
+                f"({type(e).__name__}: {str(e)[:200]}); with no network, set {key} to a weights file"
+            ) from None
+    state, _ = read_state_dict(pretrained, key)
+    probe = timm.create_model(
+        backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+    )
+    head = probe.pretrained_cfg.get("classifier") or "classifier"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    check_fits(probe, state, heads, probe.pretrained_cfg.get("first_conv"), f"{key}: '{pretrained}'")
+    return timm.create_model(
+        backbone,
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(pretrained)},
+        num_classes=num_classes,
+        in_chans=in_chans,
+        **kwargs,
+    )
 
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -45,7 +117,7 @@ def build_model(cfg: TrainParams, num_classes: int, in_chans: int, seed: int) ->
     """Create `cfg.backbone` with `num_classes` outputs, initialised from `seed` (global RNG untouched).
 
     Args:
-        cfg: training params (backbone, model_kwargs, small_stem).
+        cfg: training params (backbone, model_kwargs, pretrained, small_stem).
         num_classes: K.
         in_chans: 1 (grayscale) or 3.
         seed: initialisation seed.
@@ -53,9 +125,23 @@ def build_model(cfg: TrainParams, num_classes: int, in_chans: int, seed: int) ->
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(
-                cfg.backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs
-            )
+            if cfg.pretrained is False:
+                model = timm.create_model(
+                    cfg.backbone,
+                    pretrained=False,
+                    num_classes=num_classes,
+                    in_chans=in_chans,
+                    **cfg.model_kwargs,
+                )
+            else:  # the classifier is drawn from `seed`, the rest comes from the weights
+                model = create_pretrained(
+                    cfg.backbone,
+                    cfg.pretrained,
+                    "train.pretrained",
+                    num_classes=num_classes,
+                    in_chans=in_chans,
+                    **cfg.model_kwargs,
+                )
         except TypeError as e:
             raise ConfigError(f"train.model_kwargs: {e}") from None
         if cfg.small_stem:

@@ -63,8 +63,20 @@ def run_ingest(params: Params, out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ noise
-def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: Path, out_oof: Path) -> None:
-    """Inject (or pass through) label noise, estimate it when `noise.estimate`; write table, report, OOF."""
+def run_noise(
+    params: Params,
+    ingested_dir: Path,
+    out_table: Path,
+    out_report: Path,
+    out_oof: Path,
+    embeddings: Path | None = None,
+) -> None:
+    """Inject (or pass through) label noise, estimate it when `noise.estimate`; write table, report, OOF.
+
+    The estimate's out-of-fold probabilities come from the linear probe on `embeddings` (the `embed` stage's
+    table; `noise.estimate_from: probe`, or `auto` with embeddings) or from K-fold CE models trained here
+    (`folds`, or `auto` without embeddings).
+    """
     train, names = read_table(ingested_dir / "train.parquet", INGESTED)
     k = len(names)
     require_two_classes(train["label"], names, str(ingested_dir / "train.parquet"))
@@ -73,29 +85,26 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
     report = noise_report(noisy, k, params.noise, names)
     oof = None
     if params.noise.estimate:
-        from pipeline.noise.estimate import estimate_noise, out_of_fold_probs
+        from pipeline.noise.estimate import estimate_noise, model_warning
 
-        device = resolve_device(params.train.device)
         given = noisy["given_label"].to_numpy()
-        cfg = params.train
-        data = load_split(train, given, cfg.image_size, cfg.channels, device, workers=cfg.workers)
-        oof = out_of_fold_probs(
-            data,
-            params.train,
-            num_classes=k,
-            folds=params.noise.estimate_folds,
-            epochs=params.noise.estimate_epochs,
-            seed=params.seed,
-            device=device,
-        )
+        source = params.noise.estimate_from
+        if source == "probe" or (source == "auto" and embeddings is not None):
+            oof, held, how = _probe_estimate(params, embeddings, ingested_dir, train, given, k)
+        else:
+            oof, held, how = _fold_estimate(params, train, given, k)
         est = estimate_noise(given, oof, num_classes=k)
         est["per_class_noise_rate"] = dict(zip(names, est["per_class_noise_rate"], strict=True))
+        acc = float(np.mean(held))
         report["estimate"] = {
-            "method": "confident joint (cleanlab) on out-of-fold CE probabilities",
-            "folds": params.noise.estimate_folds,
-            "epochs": params.noise.estimate_epochs,
+            **how,
+            "held_out_accuracy": acc,
+            "held_out_accuracy_per_fold": held,
+            "warning": model_warning(acc, est["rate"], params.noise.min_model_accuracy),
             **est,
         }
+        if report["estimate"]["warning"]:
+            print(f"noise: warning: {report['estimate']['warning']}")
     probs = (
         pl.Series(oof).cast(pl.List(pl.Float32))
         if oof is not None
@@ -111,6 +120,215 @@ def run_noise(params: Params, ingested_dir: Path, out_table: Path, out_report: P
         f"noise: {params.noise.kind}, requested {report['requested_rate']}, realised "
         f"{'unknown' if real is None else f'{real:.4f}'}, estimated "
         f"{'off' if est_rate is None else f'{est_rate:.4f}'} over {noisy.height} samples"
+    )
+
+
+def _probe_estimate(
+    params: Params,
+    embeddings: Path | None,
+    ingested_dir: Path,
+    train: pl.DataFrame,
+    given: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, list[float], dict]:
+    """Out-of-fold probe probabilities on the embeddings (options from `detector.probe`)."""
+    from pipeline.detectors.probe import ProbeOptions, probe_oof
+    from pipeline.embed import load_features
+
+    if embeddings is None:
+        raise ConfigError("noise.estimate_from: probe needs the embed stage's table (--embeddings)")
+    test, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+    feats = load_features(embeddings, train["sample_id"].to_numpy(), test["sample_id"].to_numpy())
+    opts = validate_section(ProbeOptions, params.detector.get("probe"), "detector.probe")
+    oof, held, c = probe_oof(
+        feats.train,
+        given,
+        num_classes=k,
+        folds=opts.folds,
+        C=opts.C,
+        seed=params.seed,
+        C_grid=tuple(opts.C_grid),
+    )
+    how = {
+        "method": "confident joint (cleanlab) on out-of-fold linear-probe probabilities of "
+        f"{feats.model.get('backbone', 'the embedding model')} features",
+        "from": "probe",
+        "folds": opts.folds,
+        "C": c,
+    }
+    return oof, held, how
+
+
+def _fold_estimate(
+    params: Params, train: pl.DataFrame, given: np.ndarray, k: int
+) -> tuple[np.ndarray, list[float], dict]:
+    """Out-of-fold probabilities of K-fold CE models, each early-stopped on its held-out fold."""
+    from pipeline.noise.estimate import fold_estimate
+
+    device = resolve_device(params.train.device)
+    cfg = params.train
+    data = load_split(train, given, cfg.stored_size, cfg.channels, device, workers=cfg.workers)
+    oof, held, epochs = fold_estimate(
+        data,
+        params.train,
+        num_classes=k,
+        folds=params.noise.estimate_folds,
+        epochs=params.noise.estimate_epochs,
+        patience=params.noise.estimate_patience,
+        seed=params.seed,
+        device=device,
+    )
+    how = {
+        "method": "confident joint (cleanlab) on out-of-fold CE probabilities",
+        "from": "folds",
+        "folds": params.noise.estimate_folds,
+        "epochs": epochs,
+    }
+    return oof, held, how
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def run_weights(out: Path) -> None:
+    """Convert the packaged EfficientNet-Lite0 ImageNet weights into a timm-format file at `out`."""
+    from pipeline.weights import convert_lite0
+
+    digest = convert_lite0(out)
+    print(f"weights: wrote {out} (timm efficientnet_lite0, sha256 {digest[:16]}…)")
+
+
+# ------------------------------------------------------------------------------------------------ embed
+def _stored_images(frame: pl.DataFrame, size: int | None, where: str) -> torch.Tensor:
+    """(N, 3, s, s) uint8 of an INGESTED frame (streamed rows read from their files), s = `size` or the
+    first image's own width."""
+    from pipeline.data.images import decode_images, open_image
+
+    blobs = frame["image"].to_list()
+    if "file" in frame.columns:
+        blobs = [
+            b if b is not None else Path(f).read_bytes() for b, f in zip(blobs, frame["file"], strict=True)
+        ]
+    if size is None:
+        size = open_image(blobs[0], where).size[0] if blobs else 1
+    names = [p or f"sample_id {i}" for p, i in zip(frame["source_path"], frame["sample_id"], strict=True)]
+    return torch.from_numpy(decode_images(blobs, size, 3, names))
+
+
+def run_embed(params: Params, ingested_dir: Path, out: Path) -> None:
+    """One pass of the frozen pretrained `embed.backbone` over both ingested splits -> EMBEDDINGS table."""
+    from pipeline.embed import embed_images
+    from pipeline.models import create_pretrained, resolve_pretrained
+    from pipeline.schemas import EMBEDDING_MODEL_KEY, EMBEDDINGS
+    from pipeline.weights import sha256_of
+
+    cfg = params.embed
+    if cfg.pretrained is False:
+        raise ConfigError(
+            "embed.pretrained: false gives features of a random network; name a weights file or true"
+        )
+    pre = resolve_pretrained(cfg.backbone, cfg.pretrained, "embed.pretrained")
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        model = create_pretrained(cfg.backbone, cfg.pretrained, "embed.pretrained", num_classes=0, in_chans=3)
+    model = model.eval().to(device).to(memory_format=torch.channels_last)
+    frames, t0 = [], time.perf_counter()
+    for split in ("train", "test"):
+        table, _ = read_table(ingested_dir / f"{split}.parquet", INGESTED)
+        images = _stored_images(table, cfg.load_size, str(ingested_dir / f"{split}.parquet"))
+        feats = embed_images(
+            model, images, mean=pre.mean, std=pre.std, size=cfg.image_size, batch_size=cfg.batch_size,
+            device=device, flip=cfg.flip, desc=f"embed {split}",
+        )  # fmt: skip
+        frames.append(
+            pl.DataFrame(
+                {
+                    "sample_id": table["sample_id"],
+                    "split": pl.Series([split] * table.height, dtype=pl.String),
+                    "embedding": pl.Series(feats).cast(pl.List(pl.Float32)),
+                }
+            )
+        )
+    seconds = time.perf_counter() - t0
+    frame = pl.concat(frames)
+    model_info = {
+        "backbone": cfg.backbone,
+        "weights": pre.source,
+        "weights_sha256": sha256_of(pre.source) if pre.source != "hub" else None,
+        "image_size": cfg.image_size,
+        "flip": cfg.flip,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "dim": int(len(frame["embedding"][0])),
+    }
+    with staged_outputs() as outs:
+        outs.write_table(
+            out, frame, EMBEDDINGS, metadata={EMBEDDING_MODEL_KEY: json.dumps(model_info).encode()}
+        )
+    print(
+        f"embed: {cfg.backbone} at {cfg.image_size} px, {frame.height} images, {model_info['dim']}-d, "
+        f"{seconds:.1f}s ({frame.height / max(seconds, 1e-9):.1f} images/s)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- detect
+def run_detect(
+    params: Params,
+    name: str,
+    ingested_dir: Path,
+    noisy_path: Path,
+    embeddings: Path,
+    scores_out: Path,
+    log_out: Path,
+) -> None:
+    """Run embedding detector `name` on the training split's features; write its score table and a
+    one-row log (test accuracy of its classifier, flagged share, seconds)."""
+    from pipeline.detectors import DETECTORS, DetectorInput
+    from pipeline.embed import load_features
+    from pipeline.methods.base import score_table
+
+    if name not in DETECTORS:
+        raise DataError(f"unknown detector '{name}' (known: {sorted(DETECTORS)})")
+    spec = DETECTORS[name]
+    opts = validate_section(spec.options, params.detector.get(name), f"detector.{name}")
+    train, names = read_table(ingested_dir / "train.parquet", INGESTED)
+    test, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+    noisy, _ = read_table(noisy_path, NOISY)
+    joined = train.select("sample_id").join(noisy, on="sample_id", how="left", maintain_order="left")
+    if joined["given_label"].null_count() or noisy.height != train.height:
+        raise DataError(
+            f"{noisy_path}: sample ids do not match {ingested_dir / 'train.parquet'} (re-run the noise stage)"
+        )
+    ids, given = joined["sample_id"].to_numpy(), joined["given_label"].to_numpy().astype(np.int64)
+    feats = load_features(embeddings, ids, test["sample_id"].to_numpy())
+    t0 = time.perf_counter()
+    res = spec.detect(opts, DetectorInput(feats.train, given, feats.test, len(names), params.seed))
+    seconds = time.perf_counter() - t0
+    scores = score_table(
+        name, ids, given, res.probs, noise_score=res.noise_score, flagged=res.flagged,
+        flag_threshold=params.train.flag_threshold, extra=res.extra,
+    )  # fmt: skip
+    schema = SCORES.with_extra(spec.columns)
+    validate(scores, schema, len(names), str(scores_out), rows=len(ids))
+    test_acc = float((res.test_probs.argmax(1) == test["label"].to_numpy()).mean())
+    flagged = scores["is_flagged"].to_numpy()
+    truth = None if joined["true_label"].null_count() else joined["true_label"].to_numpy()
+    precision = float("nan") if truth is None else float((truth == given)[~flagged].mean())
+    log = {
+        "epoch": 1,
+        "train_loss": float("nan"),
+        "train_acc": float((res.probs.argmax(1) == given).mean()),
+        "test_acc": test_acc,
+        "kept_fraction": float(1.0 - flagged.mean()),
+        "label_precision": precision,
+        "lr": float("nan"),
+        "seconds": seconds,
+        **res.log,
+    }
+    with staged_outputs() as out:
+        out.write_table(scores_out, scores, schema, names)
+        out.write_csv(log_out, pl.DataFrame([log]))
+    print(
+        f"detect@{name}: {int(flagged.sum())} flagged of {len(ids)}, test_acc {test_acc:.4f}, {seconds:.1f}s"
+        + ("" if truth is None else f", label precision of the unflagged {precision:.4f}")
     )
 
 
@@ -158,8 +376,10 @@ def decode_splits(
     test_path: Path,
 ) -> tuple[ImageData, ImageData]:
     """Decode both splits at `train.image_size` with `train.channels`; their channel counts must agree."""
-    tr = load_split(train, given, cfg.image_size, cfg.channels, device, truth, cfg.workers)
-    te = load_split(test, test["label"].to_numpy(), cfg.image_size, cfg.channels, device, workers=cfg.workers)
+    tr = load_split(train, given, cfg.stored_size, cfg.channels, device, truth, cfg.workers)
+    te = load_split(
+        test, test["label"].to_numpy(), cfg.stored_size, cfg.channels, device, workers=cfg.workers
+    )
     if te.images.shape[1] != tr.images.shape[1]:
         raise DataError(
             f"{test_path}: the test images have {te.images.shape[1]} channel(s), the training images "
@@ -397,27 +617,40 @@ def run_gal_agreement(params: Params, ingested_dir: Path, out_csv: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------------ clean
-def run_clean(params: Params, scores_dir: Path, out_parquet: Path, out_csv: Path) -> None:
-    """Apply the cleaning policy over `clean.methods` and write the cleaned label file (+ CSV twin)."""
+def run_clean(
+    params: Params, scores_dir: Path, out_parquet: Path, out_csv: Path, noise_report: Path | None = None
+) -> None:
+    """Apply the cleaning policy over `clean.methods` and write the cleaned label file (+ CSV twin).
+
+    `noise_report` (the noise stage's JSON) gives the estimated rate that `clean.max_share: auto` caps at.
+    """
     from pipeline.clean import clean_labels
 
     scores, names = {}, None
     for m in params.clean.methods:
         scores[m], names = read_table(scores_dir / f"{m}.parquet", SCORES)
+    share = params.clean.max_share
+    if share == "auto":
+        est = (read_json(noise_report).get("estimate") or {}) if noise_report is not None else {}
+        share = est.get("rate")
     cleaned = clean_labels(
         scores,
         names,
         relabel_confidence=params.clean.relabel_confidence,
         drop_noise_score=params.clean.drop_noise_score,
+        agreement=params.clean.agreement,
+        max_share=share,
     )
     validate(cleaned, CLEANED, len(names), str(out_parquet), rows=scores[params.clean.methods[0]].height)
     with staged_outputs() as out:
         out.write_table(out_parquet, cleaned, CLEANED, names)
         out.write_csv(out_csv, cleaned)
     counts = dict(cleaned["action"].value_counts().iter_rows())
+    cap = "no cap" if share is None else f"cap {share:.3f} of the rows"
     print(
         f"clean: {counts.get('keep', 0)} keep, {counts.get('relabel', 0)} relabel, "
-        f"{counts.get('drop', 0)} drop (methods: {', '.join(params.clean.methods)})"
+        f"{counts.get('drop', 0)} drop (methods: {', '.join(params.clean.methods)}; "
+        f"agreement {params.clean.agreement}, {cap})"
     )
 
 
@@ -459,6 +692,11 @@ def run_retrain(
 
 
 # --------------------------------------------------------------------------------------------- evaluate
+def _header_only(path: Path) -> bool:
+    """A CSV holding its header line alone (the sweep skipped with `gal_agreement.rates: []`)."""
+    return path.is_file() and len(path.read_bytes().strip().splitlines()) == 1
+
+
 def run_evaluate(
     params: Params,
     ingested_dir: Path,
@@ -481,16 +719,16 @@ def run_evaluate(
     from pipeline.report import render_report
 
     noisy, names = read_table(noisy_path, NOISY)
-    scores = {m: read_table(scores_dir / f"{m}.parquet", SCORES)[0] for m in params.methods}
+    scores = {m: read_table(scores_dir / f"{m}.parquet", SCORES)[0] for m in params.scored}
     logs = {
         m: read_csv(logs_dir / f"{m}.csv", ("epoch", "test_acc"), f"training log of train@{m}")
-        for m in params.methods
+        for m in params.scored
     }
     cleaned, _ = read_table(cleaned_path, CLEANED)
     retrain = read_json(retrain_path)
     report = read_json(noise_report_path)
     agreement = None
-    if agreement_path is not None:
+    if agreement_path is not None and not _header_only(agreement_path):  # rates: [] writes no rows
         agreement = read_csv(agreement_path, AGREEMENT_COLUMNS, "GAL agreement table (gal_agreement stage)")
     metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}

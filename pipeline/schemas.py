@@ -64,6 +64,10 @@ class TableSchema:
         meta = {CLASS_NAMES_KEY: json.dumps(class_names).encode()} if class_names is not None else None
         return pa.schema(fields, metadata=meta)
 
+    def with_extra(self, columns: tuple[Column, ...]) -> TableSchema:
+        """This schema with more optional columns, e.g. the ones a detector declares in its own module."""
+        return TableSchema(self.name, self.columns, self.allow_extra, self.extra_columns + tuple(columns))
+
     def column(self, name: str) -> Column:
         for c in self.columns + self.extra_columns:
             if c.name == name:
@@ -324,6 +328,24 @@ OOF_PROBS = TableSchema(
         ),
     ),
 )
+
+EMBEDDING_MODEL_KEY = b"gradclean.embedding_model"
+"""Arrow schema-metadata key of EMBEDDINGS: JSON with backbone, weights source and checksum, image size."""
+
+EMBEDDINGS = TableSchema(
+    "embeddings",
+    (
+        SAMPLE_ID,
+        Column("split", pa.string(), allowed=("train", "test"), description="Ingested split of the sample."),
+        Column(
+            "embedding",
+            pa.list_(pa.float32()),
+            description="Penultimate features of the frozen pretrained backbone (pooled, before the "
+            "classifier), mean of the image and its mirror; length D, the same for every row.",
+        ),
+    ),
+)
+"""The `embed` stage's output: one row per ingested sample (train and test)."""
 
 ACTIONS = ("keep", "relabel", "drop")
 

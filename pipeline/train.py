@@ -50,7 +50,8 @@ class TrainContext:
         device: torch device.
         seed: run seed; methods derive model seeds from it.
         gen: CPU generator for shuffling and augmentation; saved in checkpoints.
-        normalize: pixel normaliser fitted on the training images.
+        normalize: batch preprocessing (resize to `cfg.image_size`, normalise): statistics fitted on the
+            training images, or the pretrained weights' own (`cfg.pretrained`).
         noise_rate: estimated noise rate from the noise stage (None when not estimated); what
             `forget_rate: auto` resolves to. Never the injected truth.
         oof_probs: (N, K) out-of-fold probabilities from noise estimation, None when not computed.
@@ -74,7 +75,17 @@ class TrainContext:
     def __post_init__(self) -> None:
         self.gen.manual_seed(self.seed)
         if self.normalize is None:
-            self.normalize = Normalizer.fit(self.train.images)
+            size = self.cfg.image_size if self.cfg.stored_size != self.cfg.image_size else None
+            pre = None
+            if self.cfg.pretrained is not False:
+                from pipeline.models import resolve_pretrained
+
+                pre = resolve_pretrained(self.cfg.backbone, self.cfg.pretrained, "train.pretrained")
+            self.normalize = (
+                Normalizer.fit(self.train.images, size)
+                if pre is None
+                else Normalizer.from_stats(pre.mean, pre.std, self.in_chans, self.device, size)
+            )
 
     def parallel(self, net: nn.Module, *, features: bool = False) -> Callable:
         """The callable every batch forward of `net` goes through: images (B, C, H, W) -> logits (B, K),
@@ -160,13 +171,45 @@ def load_nets_state(state: dict[str, Any], nets: list[nn.Module], opts: list, sc
     load_states(scheds, state["scheds"])
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainParams) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay), Adam or AdamW from the shared params."""
+def param_groups(nets: nn.Module | list[nn.Module], cfg: TrainParams) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one group, or with `backbone_lr_scale` / `freeze_backbone_epochs`
+    set, the classifiers (timm's `get_classifier()`) first and the backbones second.
+
+    Each group carries `lr_scale` (its lr relative to `train.lr`) and `frozen_epochs` (epochs at lr 0),
+    which `make_scheduler` reads.
+    """
+    nets = [nets] if isinstance(nets, nn.Module) else list(nets)
+    params = [p for n in nets for p in n.parameters()]
+    if cfg.backbone_lr_scale == 1.0 and cfg.freeze_backbone_epochs == 0:
+        return [{"params": params, "lr_scale": 1.0, "frozen_epochs": 0}]
+    head_ids = set()
+    for n in nets:
+        head = n.get_classifier() if hasattr(n, "get_classifier") else None
+        if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+            raise ConfigError(
+                "train.backbone_lr_scale / freeze_backbone_epochs: the backbone has no classifier module "
+                "(timm's get_classifier()) to tell head from backbone"
+            )
+        head_ids |= {id(p) for p in head.parameters()}
+    return [
+        {"params": [p for p in params if id(p) in head_ids], "lr_scale": 1.0, "frozen_epochs": 0},
+        {
+            "params": [p for p in params if id(p) not in head_ids],
+            "lr_scale": cfg.backbone_lr_scale,
+            "frozen_epochs": cfg.freeze_backbone_epochs,
+        },
+    ]
+
+
+def make_optimizer(nets: nn.Module | list[nn.Module], cfg: TrainParams) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay), Adam or AdamW from the shared params over the networks' parameters
+    (`param_groups`: the backbone at `lr * backbone_lr_scale`)."""
+    groups = [{**g, "lr": cfg.lr * g["lr_scale"]} for g in param_groups(nets, cfg)]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(epoch: float, cfg: TrainParams, total_epochs: int | None = None) -> float:
@@ -183,8 +226,15 @@ def lr_factor(epoch: float, cfg: TrainParams, total_epochs: int | None = None) -
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, total_epochs: int | None = None):
-    """Per-epoch LambdaLR over `lr_factor` (call `.step()` once per epoch)."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg, total_epochs))
+    """Per-epoch LambdaLR over `lr_factor` (call `.step()` once per epoch); a group's `frozen_epochs` first
+    epochs run at lr 0 (the backbone while only the head trains)."""
+
+    def group_factor(frozen: int):
+        return lambda e: 0.0 if e < frozen else lr_factor(e, cfg, total_epochs)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, [group_factor(g.get("frozen_epochs", 0)) for g in opt.param_groups]
+    )
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Stage clean: params `clean` + scores/*.parquet -> cleaned/labels.parquet and cleaned/labels.csv."""
+"""Stage clean: params `clean` + scores/*.parquet (+ the noise report's estimated rate) ->
+cleaned/labels.parquet and cleaned/labels.csv."""
 
 import sys
 from pathlib import Path
@@ -10,12 +11,15 @@ def _args(p):
     p.add_argument("--scores-dir", type=Path, default=Path("scores"))
     p.add_argument("--out", type=Path, default=Path("cleaned/labels.parquet"))
     p.add_argument("--csv", type=Path, default=Path("cleaned/labels.csv"))
+    p.add_argument("--noise-report", type=Path, default=None, help="its estimate caps clean.max_share: auto")
 
 
 def main(argv=None) -> int:
     from pipeline.run import run_clean
 
-    return run_stage(__doc__, _args, lambda a, params: run_clean(params, a.scores_dir, a.out, a.csv), argv)
+    return run_stage(
+        __doc__, _args, lambda a, params: run_clean(params, a.scores_dir, a.out, a.csv, a.noise_report), argv
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage noise: params `seed`, `noise`, `train` -> data/noisy/ (train, noise_report.json, oof_probs)."""
+"""Stage noise: params `seed`, `noise`, `train`, `detector.probe` + ingested data (+ embeddings) ->
+data/noisy/ (train, noise_report.json, oof_probs)."""
 
 import sys
 from pathlib import Path
@@ -11,13 +12,17 @@ def _args(p):
     p.add_argument("--out", type=Path, default=Path("data/noisy/train.parquet"))
     p.add_argument("--report", type=Path, default=Path("data/noisy/noise_report.json"))
     p.add_argument("--oof", type=Path, default=Path("data/noisy/oof_probs.parquet"))
+    p.add_argument("--embeddings", type=Path, default=None, help="embed stage's table (probe estimate)")
 
 
 def main(argv=None) -> int:
     from pipeline.run import run_noise
 
     return run_stage(
-        __doc__, _args, lambda a, params: run_noise(params, a.ingested, a.out, a.report, a.oof), argv
+        __doc__,
+        _args,
+        lambda a, params: run_noise(params, a.ingested, a.out, a.report, a.oof, a.embeddings),
+        argv,
     )
 
 

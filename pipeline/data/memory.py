@@ -86,24 +86,47 @@ def load_split(
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Per-channel mean/std (of [0,1] pixels) computed once from the training images."""
+    """Batch preprocessing: resize to the network's input size (when it differs from the stored size),
+    then per-channel mean/std of [0, 1] pixels.
+
+    The statistics are computed once from the training images (random init) or taken from the pretrained
+    weights' config (`from_stats`). Resizing happens here, on the batched tensor, so images stay in memory
+    at their stored size (e.g. 32 px CIFAR fed to a pretrained backbone at 96 px).
+    """
 
     mean: torch.Tensor  # (1, C, 1, 1)
     std: torch.Tensor  # (1, C, 1, 1)
+    size: int | None = None  # px the network sees; None = as stored
 
     @staticmethod
-    def fit(images: torch.Tensor | StreamedImages) -> Normalizer:
+    def fit(images: torch.Tensor | StreamedImages, size: int | None = None) -> Normalizer:
         """From every image in memory; from an evenly spaced sample of a streamed split."""
         if isinstance(images, StreamedImages):
             images = images.stats_sample()
         x = images.float().div_(255.0)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-        return Normalizer(mean, std)
+        return Normalizer(mean, std, size)
+
+    @staticmethod
+    def from_stats(
+        mean: tuple[float, ...], std: tuple[float, ...], in_chans: int, device: torch.device, size: int | None
+    ) -> Normalizer:
+        """Fixed RGB statistics (a pretrained model's); one channel gets their means."""
+        m, s = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+        if in_chans == 1:
+            m, s = m.mean(0, keepdim=True), s.mean(0, keepdim=True)
+        return Normalizer(m.view(1, -1, 1, 1), s.view(1, -1, 1, 1), size)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) uint8 -> normalised float32."""
-        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+        """(B, C, h, w) uint8 -> normalised float32 (B, C, size, size)."""
+        x = x_uint8.float().div_(255.0)
+        if self.size is not None and x.shape[-1] != self.size:
+            down = x.shape[-1] > self.size
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=down
+            )
+        return (x - self.mean) / self.std
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -89,35 +89,63 @@ def scores_frame(
 ) -> pl.DataFrame:
     """Build the SCORES table (contract columns + the method's extra columns) from a MethodOutput;
     `grad_similarity` (N,) fills the contract column of that name (null when None)."""
-    probs = out.probs.detach().float()
-    probs = probs / probs.sum(-1, keepdim=True)
-    given = ctx.train.labels
-    conf, pseudo = probs.max(-1)
-    noise = out.noise_score if out.noise_score is not None else 1.0 - probs.gather(1, given[:, None])[:, 0]
-    noise = noise.detach().float().clamp(0.0, 1.0)
-    p_np = probs.cpu().numpy().astype(np.float32)
+    to_np = lambda t: None if t is None else t.detach().float().cpu().numpy()  # noqa: E731
+    return score_table(
+        name,
+        ctx.train.sample_ids,
+        ctx.train.labels.cpu().numpy(),
+        to_np(out.probs),
+        noise_score=to_np(out.noise_score),
+        flagged=None if out.flagged is None else out.flagged.cpu().numpy().astype(bool),
+        flag_threshold=flag_threshold,
+        extra=out.extra,
+        grad_similarity=to_np(grad_similarity),
+    )
+
+
+def score_table(
+    name: str,
+    sample_ids: np.ndarray,
+    given: np.ndarray,
+    probs: np.ndarray,
+    *,
+    noise_score: np.ndarray | None,
+    flagged: np.ndarray | None,
+    flag_threshold: float,
+    extra: dict[str, Any],
+    grad_similarity: np.ndarray | None = None,
+) -> pl.DataFrame:
+    """The SCORES table from numpy arrays (trained methods and embedding detectors alike).
+
+    Args:
+        sample_ids: (N,) int64; given: (N,) given labels; probs: (N, K), renormalised here.
+        noise_score: (N,) or None = 1 - probs[given]; clipped to [0, 1].
+        flagged: (N,) bool or None = noise_score >= flag_threshold.
+        extra: the method's own columns (name -> length-N array or list).
+        grad_similarity: (N,) or None (a null column).
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    probs = probs / probs.sum(-1, keepdims=True)
+    given = np.asarray(given)
+    pseudo, conf = probs.argmax(-1), probs.max(-1)
+    noise = 1.0 - probs[np.arange(len(given)), given] if noise_score is None else np.asarray(noise_score)
+    noise = np.clip(noise.astype(np.float32), 0.0, 1.0)
     frame = pl.DataFrame(
         {
-            "sample_id": pl.Series(ctx.train.sample_ids, dtype=pl.Int64),
+            "sample_id": pl.Series(sample_ids, dtype=pl.Int64),
             "method": pl.Series([name] * len(given), dtype=pl.String),
-            "given_label": pl.Series(given.cpu().numpy().astype(np.int32)),
-            "pseudo_label": pl.Series(pseudo.cpu().numpy().astype(np.int32)),
-            "confidence": pl.Series(conf.cpu().numpy().astype(np.float32)),
-            "noise_score": pl.Series(noise.cpu().numpy().astype(np.float32)),
-            "is_flagged": pl.Series(
-                out.flagged.cpu().numpy().astype(bool)
-                if out.flagged is not None
-                else noise.cpu().numpy() >= flag_threshold
-            ),
-            "probs": pl.Series(p_np).cast(pl.List(pl.Float32)),
+            "given_label": pl.Series(given.astype(np.int32)),
+            "pseudo_label": pl.Series(pseudo.astype(np.int32)),
+            "confidence": pl.Series(conf.astype(np.float32)),
+            "noise_score": pl.Series(noise),
+            "is_flagged": pl.Series(flagged.astype(bool) if flagged is not None else noise >= flag_threshold),
+            "probs": pl.Series(probs).cast(pl.List(pl.Float32)),
             "grad_similarity": pl.Series(
-                [None] * len(given)
-                if grad_similarity is None
-                else grad_similarity.detach().float().cpu().numpy(),
+                [None] * len(given) if grad_similarity is None else grad_similarity.astype(np.float32),
                 dtype=pl.Float32,
             ).fill_nan(None),
         }
     )
-    for col, values in out.extra.items():
+    for col, values in extra.items():
         frame = frame.with_columns(pl.Series(col, values))
     return frame

@@ -37,7 +37,7 @@ class CrossEntropy:
     def __init__(self, opts: CEOptions, ctx: TrainContext) -> None:
         self.ctx = ctx
         self.nets = build_nets(ctx, opts.nets)
-        self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
+        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
 
     def train_epoch(self, epoch: int) -> EpochResult:

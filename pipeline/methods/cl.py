@@ -64,7 +64,7 @@ class ConfidentLearning:
         if len(self.keep) < 2:
             raise ConfigError("method.cl: cleanlab flagged (almost) every sample; nothing left to train on")
         (self.net,) = build_nets(ctx, 1)
-        self.opt = make_optimizer(self.net.parameters(), ctx.cfg)
+        self.opt = make_optimizer(self.net, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
 
     def train_epoch(self, epoch: int) -> EpochResult:

@@ -48,7 +48,7 @@ class Coteaching:
         self.ctx, self.o = ctx, opts
         self.tau = resolve_forget_rate(opts.forget_rate, ctx.noise_rate, "method.coteaching.forget_rate")
         self.nets = build_nets(ctx, 2)
-        self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
+        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
         self.kept = KeptTracker(len(ctx.train), ctx.device)
 

@@ -335,7 +335,7 @@ class DivideMix:
     def __init__(self, opts: DivideMixOptions, ctx: TrainContext) -> None:
         self.ctx, self.o = ctx, opts
         self.nets = build_nets(ctx, 2)
-        self.opts = [make_optimizer(n.parameters(), ctx.cfg) for n in self.nets]
+        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
 
     def train_epoch(self, epoch: int) -> EpochResult:

@@ -480,7 +480,7 @@ class GAL:
     def __init__(self, opts: GALOptions, ctx: TrainContext) -> None:
         self.ctx, self.o = ctx, opts
         self.theta = self._net(ctx.seed)
-        self.opt = make_optimizer(self.theta.parameters(), ctx.cfg)
+        self.opt = make_optimizer(self.theta, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
         self.c = self._net(ctx.seed + 2) if opts.third_net else None
         self.a = self.b = None
@@ -502,7 +502,7 @@ class GAL:
     def _opt_at_current_epoch(self, net: nn.Module):
         """Fresh optimiser for `net` and a scheduler at θ's position (θ's scheduler has stepped once per
         warm-up epoch), with the optimiser's lr set to that position."""
-        opt = make_optimizer(net.parameters(), self.ctx.cfg)
+        opt = make_optimizer(net, self.ctx.cfg)
         sched = make_scheduler(opt, self.ctx.cfg)
         sched.load_state_dict(self.sched.state_dict())
         for g, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):

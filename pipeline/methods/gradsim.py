@@ -107,7 +107,7 @@ class GradSim:
     def __init__(self, opts: GradSimOptions, ctx: TrainContext) -> None:
         self.ctx, self.o = ctx, opts
         (self.net,) = build_nets(ctx, 1)
-        self.opt = make_optimizer(self.net.parameters(), ctx.cfg)
+        self.opt = make_optimizer(self.net, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
         self.bias = self.net.get_classifier().bias is not None
         n = len(ctx.train)

@@ -203,7 +203,7 @@ class GSS:
         self.ctx, self.o = ctx, opts
         n = 1 if opts.variant == "sb" else 2
         self.nets = build_nets(ctx, n)
-        self.opts = [make_optimizer(net.parameters(), ctx.cfg) for net in self.nets]
+        self.opts = [make_optimizer(net, ctx.cfg) for net in self.nets]
         self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
         labels = ctx.train.labels
         # sb/db: (P, N, K) pools; ssl: (2, N, K) labeled-set pools + (2, N, K) unlabeled-set pools

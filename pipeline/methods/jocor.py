@@ -105,7 +105,7 @@ class JoCoR:
             float(opts.lam) if opts.lam != "auto" else auto_lambda(ctx.noise_rate, opts.nets, len(self.pairs))
         )
         self.nets = build_nets(ctx, opts.nets)
-        self.opt = make_optimizer([p for n in self.nets for p in n.parameters()], ctx.cfg)
+        self.opt = make_optimizer(self.nets, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
         self.kept = KeptTracker(len(ctx.train), ctx.device)
         self.last_loss = torch.full((len(ctx.train),), float("nan"), device=ctx.device)

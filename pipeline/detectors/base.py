@@ -1,0 +1,89 @@
+"""The detector protocol: a pure function of features and labels, its options, and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from pipeline.schemas import Column
+
+
+@dataclass(frozen=True)
+class DetectorInput:
+    """What a detector sees.
+
+    Attributes:
+        train: (N, D) float32 L2-normalised training features.
+        labels: (N,) int64 given labels in [0, K).
+        test: (M, D) float32 L2-normalised test features.
+        num_classes: K.
+        seed: seeds any randomness (fold splits).
+    """
+
+    train: np.ndarray
+    labels: np.ndarray
+    test: np.ndarray
+    num_classes: int
+    seed: int
+
+
+@dataclass
+class DetectorResult:
+    """Per-sample evidence, row i = training row i.
+
+    Attributes:
+        probs: (N, K) class probabilities the decision was made on (rows sum to 1).
+        flagged: (N,) bool, the detector calls the given label wrong.
+        test_probs: (M, K) probabilities for the test split (its accuracy goes to the log).
+        noise_score: (N,) in [0, 1], higher = more likely wrong; None = 1 - probs[given].
+        extra: the detector's own score columns (declared in its `DetectorSpec.columns`).
+        log: extra one-line figures for the detector's log row.
+    """
+
+    probs: np.ndarray
+    flagged: np.ndarray
+    test_probs: np.ndarray
+    noise_score: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    log: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A registry entry.
+
+    Attributes:
+        name: registry and stage name (`detect@<name>`, `scores/<name>.parquet`).
+        options: pydantic model of `detector.<name>` (unknown keys fail).
+        detect: `(options, DetectorInput) -> DetectorResult`, pure.
+        summary: one line for docs and the report.
+        columns: the detector's own score columns (checked like the contract columns).
+    """
+
+    name: str
+    options: type[BaseModel]
+    detect: Callable[[Any, DetectorInput], DetectorResult]
+    summary: str
+    columns: tuple[Column, ...] = ()
+
+
+DETECTORS: dict[str, DetectorSpec] = {}
+
+
+def register_detector(spec: DetectorSpec) -> DetectorSpec:
+    if spec.name in DETECTORS:
+        raise ValueError(f"detector '{spec.name}' registered twice")
+    DETECTORS[spec.name] = spec
+    return spec
+
+
+def rank_flags(quality: np.ndarray, count: int) -> np.ndarray:
+    """Flag the `count` samples of lowest label quality (ties by row order). Pure; (N,) -> (N,) bool."""
+    flags = np.zeros(len(quality), dtype=bool)
+    if count > 0:
+        flags[np.argsort(quality, kind="stable")[:count]] = True
+    return flags

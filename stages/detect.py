@@ -1,0 +1,39 @@
+"""Stage detect@<detector>: params `seed`, `detector.<name>`, `train.flag_threshold` + embeddings and
+noisy labels -> scores/<name>.parquet and logs/<name>.csv."""
+
+import sys
+from pathlib import Path
+
+from stages._cli import run_stage
+
+
+def _args(p):
+    p.add_argument("detector", help="detector registry name, e.g. knn")
+    p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
+    p.add_argument("--noisy", type=Path, default=Path("data/noisy/train.parquet"))
+    p.add_argument("--embeddings", type=Path, default=Path("features/embeddings.parquet"))
+    p.add_argument("--scores-dir", type=Path, default=Path("scores"))
+    p.add_argument("--logs-dir", type=Path, default=Path("logs"))
+
+
+def main(argv=None) -> int:
+    from pipeline.run import run_detect
+
+    return run_stage(
+        __doc__,
+        _args,
+        lambda a, params: run_detect(
+            params,
+            a.detector,
+            a.ingested,
+            a.noisy,
+            a.embeddings,
+            a.scores_dir / f"{a.detector}.parquet",
+            a.logs_dir / f"{a.detector}.csv",
+        ),
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

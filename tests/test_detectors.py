@@ -1,0 +1,84 @@
+"""Embedding detectors (knn, probe): behaviour on features with planted label errors, purity, input
+checks, and a valid SCORES table from every registered detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import clustered_features
+from sklearn.metrics import f1_score, roc_auc_score
+
+from pipeline.detectors import DETECTORS, DetectorInput
+from pipeline.detectors.base import rank_flags
+from pipeline.detectors.knn import neighbours, vote_shares
+from pipeline.detectors.probe import probe_oof
+from pipeline.methods.base import score_table
+from pipeline.schemas import SCORES
+from pipeline.validation import validate
+
+
+def _input(rate: float = 0.3, seed: int = 0) -> tuple[DetectorInput, np.ndarray]:
+    x, given, truth = clustered_features(rate=rate, seed=seed)
+    xt, _, yt = clustered_features(n=100, rate=0.0, seed=seed)
+    return DetectorInput(x, given, xt, 4, seed=0), given != truth
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_finds_planted_label_errors_and_writes_valid_scores(name):
+    data, noisy = _input()
+    spec = DETECTORS[name]
+    res = spec.detect(spec.options(), data)
+    frame = score_table(
+        name, np.arange(len(noisy)), data.labels, res.probs, noise_score=res.noise_score, flagged=res.flagged,
+        flag_threshold=0.5, extra=res.extra,
+    )  # fmt: skip
+    validate(frame, SCORES.with_extra(spec.columns), 4, f"scores/{name}.parquet", rows=len(noisy))
+    auroc = roc_auc_score(noisy, frame["noise_score"].to_numpy())
+    f1 = f1_score(noisy, frame["is_flagged"].to_numpy())
+    print(f"{name}: AUROC {auroc:.3f}, F1 {f1:.3f}")
+    assert auroc > 0.95 and f1 > 0.85
+    assert res.test_probs.shape == (len(data.test), 4)
+    assert set(res.extra) == {c.name for c in spec.columns}
+    again = spec.detect(spec.options(), data)  # pure: same input, same output
+    assert np.array_equal(again.probs, res.probs) and np.array_equal(again.flagged, res.flagged)
+
+
+def test_clean_labels_give_few_flags():
+    data, _ = _input(rate=0.0)
+    for name, spec in DETECTORS.items():
+        assert spec.detect(spec.options(), data).flagged.mean() < 0.05, name
+
+
+def test_probe_estimate_of_the_noise_rate_is_close():
+    from pipeline.noise.estimate import estimate_noise
+
+    data, noisy = _input(rate=0.35, seed=1)
+    oof, accs, c = probe_oof(data.train, data.labels, num_classes=4, folds=5, C="auto", seed=0)
+    est = estimate_noise(data.labels, oof.astype(float), num_classes=4)["rate"]
+    assert abs(est - noisy.mean()) < 0.05 and c in (0.3, 1.0, 3.0, 10.0)
+    assert all(0 <= a <= 1 for a in accs) and len(accs) == 5
+
+
+def test_neighbours_exclude_the_row_itself_and_agree_across_backends():
+    x, _, _ = clustered_features(n=200)
+    idx = neighbours(x, x, 7, exclude_self=True)
+    assert idx.shape == (200, 7) and not (idx == np.arange(200)[:, None]).any()
+    pytest.importorskip("faiss")
+    fidx = neighbours(x, x, 7, exclude_self=True, backend="faiss")
+    assert (np.sort(fidx, 1) == np.sort(idx, 1)).mean() > 0.99  # ties may order differently
+
+
+def test_vote_shares_and_rank_flags_are_pure_and_exact():
+    shares = vote_shares(np.array([[0, 0, 1], [2, 2, 2]]), 3)
+    assert (
+        np.allclose(shares.sum(1), 1)
+        and shares[0].argmax() == 0
+        and shares[1, 2] == pytest.approx((3 + 1 / 3) / 4)
+    )
+    assert rank_flags(np.array([0.9, 0.1, 0.5, 0.1]), 2).tolist() == [False, True, False, True]
+
+
+def test_probe_input_checks():
+    x, given, _ = clustered_features(n=40)
+    with pytest.raises(ValueError, match="40 feature rows for 39 labels"):
+        probe_oof(x, given[:39], num_classes=4, folds=2, C=1.0, seed=0)
