@@ -124,6 +124,7 @@ def test_embeddings_that_do_not_match_the_ingested_ids_are_refused(ws, tmp_path,
     before = (scores / "knn.parquet").read_bytes()
     args = ["knn", "--ingested", str(ws / "ing"), "--noisy", str(ws / "noisy/train.parquet")]
     args += ["--embeddings", str(bad), "--scores-dir", str(scores), "--logs-dir", str(tmp_path / "logs")]
+    missing = f"sample_id {frame['sample_id'][3]} missing"
     _refused(capsys, detect.main, args, ws / "params.yaml",
-             "embeddings do not match the ingested train split", f"sample_id {frame['sample_id'][3]} missing")  # fmt: skip
+             "embeddings do not match the ingested train split", missing)  # fmt: skip
     assert (scores / "knn.parquet").read_bytes() == before and not (tmp_path / "logs").exists()
