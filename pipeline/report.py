@@ -401,6 +401,15 @@ def render_report(
         f"noise: <b>{html.escape(n['kind'])}</b>, requested {_fmt(n['requested_rate'])}, realised "
         f"{_fmt(n['realised_rate'])}, estimated {_fmt(n['estimated_rate'])}"
     )
+    est = report.get("estimate") or {}
+    if est:
+        noise_line += (
+            f" (from {html.escape(str(est.get('from', 'folds')))}; held-out accuracy of its models on the "
+            f"given labels {_fmt(est.get('held_out_accuracy'))})"
+        )
+        if est.get("warning"):
+            noise_line += f'</p><p style="color:#a00"><b>Warning:</b> {html.escape(est["warning"])}'
+
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>gradclean report</title><style>
 body{{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;color:#222}}
 table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}

@@ -71,16 +71,16 @@ def test_weak_estimate_models_are_warned_about_in_words():
 
 
 def test_fold_models_stop_early_and_keep_their_best_epoch():
-    train, _ = digits(240, 0, noise=0.4)
-    cfg = TrainParams(**TINY_ARCH, image_size=8, batch_size=32, lr=0.1, progress=False, epochs=12)
+    train, _ = digits(128, 0, noise=0.4)
+    cfg = TrainParams(**TINY_ARCH, image_size=8, batch_size=32, lr=0.1, progress=False, epochs=6)
     probs, accs, epochs = fold_estimate(
-        train, cfg, num_classes=10, folds=2, epochs=12, seed=0, device=torch.device("cpu"), patience=1
+        train, cfg, num_classes=10, folds=2, epochs=6, seed=0, device=torch.device("cpu"), patience=1
     )
-    assert probs.shape == (240, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
-    assert all(1 <= e <= 12 for e in epochs) and all(0 <= a <= 1 for a in accs)
-    held = [np.arange(240)]  # every row was predicted by one fold model
+    assert probs.shape == (128, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert all(1 <= e <= 6 for e in epochs) and all(0 <= a <= 1 for a in accs)
+    held = [np.arange(128)]  # every row was predicted by one fold model
     assert (probs[held[0]].max(1) > 0).all()
     fixed, _, fixed_epochs = fold_estimate(
-        train, cfg, num_classes=10, folds=2, epochs=3, seed=0, device=torch.device("cpu"), patience=None
+        train, cfg, num_classes=10, folds=2, epochs=2, seed=0, device=torch.device("cpu"), patience=None
     )
-    assert fixed_epochs == [3, 3]  # no early stopping: the last epoch is kept
+    assert fixed_epochs == [2, 2]  # no early stopping: the last epoch is kept
