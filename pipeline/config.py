@@ -254,20 +254,14 @@ class Params(Strict):
                 raise ValueError(
                     f"clean.methods: unknown method '{m}' (known: {sorted(REGISTRY) + sorted(DETECTORS)})"
                 )
-        for d, opts in self.detector.items():
-            if d not in DETECTORS:
-                raise ValueError(f"detector.{d}: unknown detector '{d}' (known: {sorted(DETECTORS)})")
-            try:
-                DETECTORS[d].options.model_validate(opts or {})
-            except ValidationError as e:
-                raise ValueError(_format(e, f"detector.{d}")) from None
-        for m, opts in self.method.items():
-            if m not in REGISTRY:
-                raise ValueError(f"method.{m}: unknown method '{m}' (known: {sorted(REGISTRY)})")
-            try:
-                REGISTRY[m].options.model_validate(opts or {})
-            except ValidationError as e:
-                raise ValueError(_format(e, f"method.{m}")) from None
+        for section, known, what in (("method", REGISTRY, "method"), ("detector", DETECTORS, "detector")):
+            for m, opts in getattr(self, section).items():
+                if m not in known:
+                    raise ValueError(f"{section}.{m}: unknown {what} '{m}' (known: {sorted(known)})")
+                try:
+                    known[m].options.model_validate(opts or {})
+                except ValidationError as e:
+                    raise ValueError(_format(e, f"{section}.{m}")) from None
         for m in self.methods:
             opts = REGISTRY[m].options.model_validate(self.method.get(m) or {})
             warmups = opts.warmups() if hasattr(opts, "warmups") else {}  # {option key: epochs}

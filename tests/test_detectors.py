@@ -82,3 +82,22 @@ def test_probe_input_checks():
     x, given, _ = clustered_features(n=40)
     with pytest.raises(ValueError, match="40 feature rows for 39 labels"):
         probe_oof(x, given[:39], num_classes=4, folds=2, C=1.0, seed=0)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"detector": {"nope": {}}}, "detector.nope: unknown detector 'nope'"),
+        ({"detector": {"knn": {"k": 0}}}, "detector.knn: k: Input should be greater than or equal to 1"),
+        ({"detectors": ["x"]}, "detectors: unknown detector 'x'"),
+        ({"detectors": ["knn", "knn"]}, "detectors: a name is listed twice"),
+        ({"clean": {"methods": ["probe"]}}, "clean.methods: ['probe'] are not in `methods` or `detectors`"),
+    ],
+)
+def test_detector_params_are_checked_by_name(raw, message):
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    assert message in str(e.value)
