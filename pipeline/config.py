@@ -177,6 +177,14 @@ class EmbedParams(Strict):
         return _timm_model(v)
 
 
+class DatalabParams(Strict):
+    """`datalab:` — near-duplicate sets and outliers on the embeddings (cleanlab Datalab's defaults)."""
+
+    k: int = Field(10, ge=1)  # neighbours for both checks
+    threshold: float = Field(0.13, gt=0.0, le=1.0)  # near duplicate: distance < this x the median distance
+    # between a sample and its nearest neighbour
+
+
 class CleanParams(Strict):
     """`clean:` — the policy turning score tables into the cleaned label file."""
 
@@ -228,6 +236,7 @@ class Params(Strict):
     embed: EmbedParams = Field(default_factory=EmbedParams)
     detectors: list[str] = Field(default_factory=list)  # detect@<name> stages on the embeddings
     detector: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-detector options
+    datalab: DatalabParams = Field(default_factory=DatalabParams)
     clean: CleanParams = Field(default_factory=CleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     gal_agreement: GalAgreementParams = Field(default_factory=GalAgreementParams)

@@ -213,6 +213,12 @@ def _file_bytes(path: str | None) -> bytes:
         raise DataError(f"{path}: cannot read the image for the report gallery ({e})") from None
 
 
+def image_cell(row: dict, caption: str) -> str:
+    """One gallery cell: the thumbnail of an INGESTED row (bytes in memory, or read from its file) over an
+    HTML caption."""
+    return f'<div class="cell">{_thumb(row["image"] or _file_bytes(row.get("file")))}<br>{caption}</div>'
+
+
 def _gallery(
     cleaned: pl.DataFrame,
     scores: dict[str, pl.DataFrame],
@@ -244,11 +250,13 @@ def _gallery(
     cells = []
     for r in top.iter_rows(named=True):
         truth = "" if r["true_label"] is None else f"<br>truth: {html.escape(names[r['true_label']])}"
-        thumb = _thumb(r["image"] or _file_bytes(r.get("file")))
         cells.append(
-            f'<div class="cell">{thumb}<br>id {r["sample_id"]}<br>given: '
-            f"<b>{html.escape(r['given_class'])}</b><br>suggested: {html.escape(r['cleaned_class'] or '–')}"
-            f" ({r['action']})<br>noise {r['noise_score']:.2f}{truth}</div>"
+            image_cell(
+                r,
+                f"id {r['sample_id']}<br>given: <b>{html.escape(r['given_class'])}</b><br>suggested: "
+                f"{html.escape(r['cleaned_class'] or '–')} ({r['action']})<br>"
+                f"noise {r['noise_score']:.2f}{truth}",
+            )
         )
     return '<div class="gallery">' + "".join(cells) + "</div>"
 
@@ -266,9 +274,11 @@ def render_report(
     images: pl.DataFrame,
     params: Params,
     agreement: pl.DataFrame | None = None,
+    sections: tuple[str, ...] = (),
 ) -> str:
     """The HTML page as a string (self-contained: figures are embedded PNGs); `agreement` is GAL's
-    Figure-1 sweep table (figure and table skipped when None or empty)."""
+    Figure-1 sweep table (figure and table skipped when None or empty); `sections` are extra HTML sections
+    placed before the gallery (e.g. the data-issues section)."""
     known = noisy["true_label"].null_count() == 0
     ce_s = metrics["methods"].get("ce", {}).get("seconds")
     rows = []
@@ -414,7 +424,8 @@ def render_report(
 body{{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;color:#222}}
 table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
-.gallery{{display:flex;flex-wrap:wrap}}.cell{{width:130px;font-size:11px;margin:4px;text-align:center}}
+.gallery{{display:flex;flex-wrap:wrap}}.pair{{display:flex;border:1px dashed #bbb;margin:3px}}
+.cell{{width:130px;font-size:11px;margin:4px;text-align:center}}
 .thumb{{width:64px;height:64px;image-rendering:pixelated;border:1px solid #999}}</style></head><body>
 <h1>gradclean report</h1>
 <p>data: <b>{html.escape(params.data.source)}</b>, {noisy.height} training samples,
@@ -429,6 +440,7 @@ th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 {fig1}
 {pools}
 {sim}
+{"".join(sections)}
 <h2>Most suspicious samples</h2>
 <p>Ranked by mean noise_score over {html.escape(", ".join(params.clean.methods))}.</p>
 {gallery}</body></html>"""

@@ -132,7 +132,7 @@ def _probe_estimate(
     k: int,
 ) -> tuple[np.ndarray, list[float], dict]:
     """Out-of-fold probe probabilities on the embeddings (options from `detector.probe`)."""
-    from pipeline.detectors.probe import ProbeOptions, probe_oof
+    from pipeline.detectors.probe import ProbeOptions, fit_fingerprint, probe_oof
     from pipeline.embed import load_features
 
     if embeddings is None:
@@ -155,6 +155,7 @@ def _probe_estimate(
         "from": "probe",
         "folds": opts.folds,
         "C": c,
+        "fingerprint": fit_fingerprint(feats.train, given, opts, params.seed),  # detect@probe reuses the fit
     }
     return oof, held, how
 
@@ -278,9 +279,14 @@ def run_detect(
     embeddings: Path,
     scores_out: Path,
     log_out: Path,
+    oof_path: Path | None = None,
+    noise_report: Path | None = None,
 ) -> None:
     """Run embedding detector `name` on the training split's features; write its score table and a
-    one-row log (test accuracy of its classifier, flagged share, seconds)."""
+    one-row log (test accuracy of its classifier, flagged share, seconds).
+
+    `oof_path` and `noise_report` (the noise stage's out-of-fold probabilities and report) are handed to
+    the detector, which may reuse a fit the noise stage already made."""
     from pipeline.detectors import DETECTORS, DetectorInput
     from pipeline.embed import load_features
     from pipeline.methods.base import score_table
@@ -299,8 +305,20 @@ def run_detect(
         )
     ids, given = joined["sample_id"].to_numpy(), joined["given_label"].to_numpy().astype(np.int64)
     feats = load_features(embeddings, ids, test["sample_id"].to_numpy())
+    oof, record = None, None
+    if oof_path is not None and noise_report is not None:
+        record = read_json(noise_report).get("estimate")
+        oof_frame, _ = read_table(oof_path, OOF_PROBS)
+        aligned = joined.select("sample_id").join(
+            oof_frame, on="sample_id", how="left", maintain_order="left"
+        )
+        if record and not aligned["probs"].null_count():
+            oof = np.stack(aligned["probs"].to_list()).astype(np.float32)
     t0 = time.perf_counter()
-    res = spec.detect(opts, DetectorInput(feats.train, given, feats.test, len(names), params.seed))
+    res = spec.detect(
+        opts,
+        DetectorInput(feats.train, given, feats.test, len(names), params.seed, oof=oof, oof_record=record),
+    )
     seconds = time.perf_counter() - t0
     scores = score_table(
         name, ids, given, res.probs, noise_score=res.noise_score, flagged=res.flagged,
@@ -710,10 +728,12 @@ def run_evaluate(
     plots_dir: Path,
     report_out: Path,
     agreement_path: Path | None = None,
+    datalab_path: Path | None = None,
 ) -> None:
     """Compute metrics, write DVC metrics/plots and the HTML report.
 
-    `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1); skipped when None.
+    `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1), `datalab_path` the `datalab`
+    stage's near duplicates and outliers; each skipped when None.
     """
     from pipeline.evaluate import collect_metrics, pr_curve
     from pipeline.report import render_report
@@ -733,6 +753,22 @@ def run_evaluate(
     metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
     train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
+    sections = []
+    if datalab_path is not None:
+        from pipeline.datalab import report_section, summarise
+        from pipeline.schemas import DATALAB
+
+        issues, _ = read_table(datalab_path, DATALAB)
+        metrics["data_issues"] = summarise(issues)
+        test_images, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+        labels = dict(
+            zip(noisy["sample_id"].to_list(), (names[g] for g in noisy["given_label"]), strict=True)
+        )
+        labels.update(
+            zip(test_images["sample_id"].to_list(), (names[g] for g in test_images["label"]), strict=True)
+        )
+        both = pl.concat([train_images, test_images], how="diagonal_relaxed")
+        sections.append(report_section(issues, both, labels, params.evaluate.gallery_size))
     html = render_report(
         metrics=metrics,
         noisy=noisy,
@@ -747,6 +783,7 @@ def run_evaluate(
         images=train_images,
         params=params,
         agreement=agreement,
+        sections=tuple(sections),
     )
     with staged_outputs() as out:
         out.write_json(metrics_out, metrics)

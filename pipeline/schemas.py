@@ -347,6 +347,44 @@ EMBEDDINGS = TableSchema(
 )
 """The `embed` stage's output: one row per ingested sample (train and test)."""
 
+DATALAB = TableSchema(
+    "datalab",
+    (
+        SAMPLE_ID,
+        Column("split", pa.string(), allowed=("train", "test"), description="Ingested split of the sample."),
+        Column(
+            "is_near_duplicate",
+            pa.bool_(),
+            description="In a near-duplicate set: its nearest neighbour is closer than datalab.threshold x "
+            "the median nearest-neighbour distance (train and test searched together).",
+        ),
+        Column(
+            "near_duplicate_score",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="lower = closer to another sample (more likely a duplicate)",
+            description="cleanlab's near-duplicate score: the nearest-neighbour distance squashed to [0, 1].",
+        ),
+        Column(
+            "near_duplicate_set",
+            pa.list_(pa.int64()),
+            description="sample_id of the other members of its near-duplicate set (empty when none).",
+        ),
+        Column("nearest_sample_id", pa.int64(), description="sample_id of its nearest neighbour."),
+        Column("is_outlier", pa.bool_(), description="cleanlab flags it as atypical of the whole set."),
+        Column(
+            "outlier_score",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="lower = more atypical (more likely an outlier)",
+            description="cleanlab's k-nearest-neighbour outlier score.",
+        ),
+    ),
+)
+"""The `datalab` stage's output: one row per ingested sample (train and test)."""
+
 ACTIONS = ("keep", "relabel", "drop")
 
 CLEANED = TableSchema(

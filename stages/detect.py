@@ -1,5 +1,6 @@
 """Stage detect@<detector>: params `seed`, `detector.<name>`, `train.flag_threshold` + embeddings and
-noisy labels -> scores/<name>.parquet and logs/<name>.csv."""
+noisy labels (+ optionally the noise stage's out-of-fold probabilities and report, which a detector may
+reuse) -> scores/<name>.parquet and logs/<name>.csv."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ def _args(p):
     p.add_argument("--embeddings", type=Path, default=Path("features/embeddings.parquet"))
     p.add_argument("--scores-dir", type=Path, default=Path("scores"))
     p.add_argument("--logs-dir", type=Path, default=Path("logs"))
+    p.add_argument("--oof", type=Path, default=None, help="the noise stage's out-of-fold probabilities")
+    p.add_argument("--noise-report", type=Path, default=None, help="the noise stage's report")
 
 
 def main(argv=None) -> int:
@@ -30,6 +33,8 @@ def main(argv=None) -> int:
             a.embeddings,
             a.scores_dir / f"{a.detector}.parquet",
             a.logs_dir / f"{a.detector}.csv",
+            a.oof,
+            a.noise_report,
         ),
         argv,
     )

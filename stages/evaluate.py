@@ -20,6 +20,12 @@ def _args(p):
     p.add_argument(
         "--gal-agreement", type=Path, default=Path("logs/gal_agreement.csv"), help="'' = no Figure 1"
     )
+    p.add_argument(
+        "--datalab",
+        type=Path,
+        default=None,
+        help="the datalab stage's table (default: no data-issues section)",
+    )
 
 
 def main(argv=None) -> int:
@@ -41,6 +47,7 @@ def main(argv=None) -> int:
             a.plots_dir,
             a.report,
             a.gal_agreement if str(a.gal_agreement) not in ("", ".") else None,
+            a.datalab if str(a.datalab or "") not in ("", ".") else None,
         ),
         argv,
     )

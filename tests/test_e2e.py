@@ -110,6 +110,26 @@ def test_every_declared_output_exists_and_reads(repo):
     assert "Gradient similarity" in html and "top 10 and bottom 10 weights" in html
 
 
+def test_datalab_table_and_report_section(repo):
+    root, _ = repo
+    issues = pl.read_parquet(root / "issues/datalab.parquet")
+    assert issues.height == 300 and issues["split"].value_counts().sort("split")["count"].to_list() == [
+        150,
+        150,
+    ]
+    assert (
+        issues["outlier_score"].is_between(0, 1).all()
+        and issues["near_duplicate_score"].is_between(0, 1).all()
+    )
+    dup = issues.filter(pl.col("is_near_duplicate"))
+    assert (dup["near_duplicate_set"].list.len() > 0).all()
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["data_issues"]["near_duplicates"] == dup.height
+    assert metrics["data_issues"]["outliers"] == int(issues["is_outlier"].sum())
+    html = (root / "reports/report.html").read_text()
+    assert "Data issues (cleanlab Datalab on the embeddings)" in html and "Most atypical images" in html
+
+
 def test_second_repro_is_a_no_op(repo):
     root, env = repo
     out = sh(["dvc", "repro"], root, env).stdout

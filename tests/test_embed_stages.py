@@ -128,3 +128,22 @@ def test_embeddings_that_do_not_match_the_ingested_ids_are_refused(ws, tmp_path,
     _refused(capsys, detect.main, args, ws / "params.yaml",
              "embeddings do not match the ingested train split", missing)  # fmt: skip
     assert (scores / "knn.parquet").read_bytes() == before and not (tmp_path / "logs").exists()
+
+
+def _probe_again(ws: Path, out: Path, params: Path) -> pl.DataFrame:
+    args = ["probe", "--ingested", str(ws / "ing"), "--noisy", str(ws / "noisy/train.parquet")]
+    args += ["--embeddings", str(ws / "emb.parquet"), "--scores-dir", str(out), "--logs-dir", str(out)]
+    args += ["--oof", str(ws / "noisy/oof.parquet"), "--noise-report", str(ws / "noisy/report.json")]
+    assert _run(detect.main, args, params) == 0
+    return pl.read_csv(out / "probe.csv")
+
+
+def test_probe_detector_reuses_the_noise_stages_identical_fit(ws, tmp_path):
+    log = _probe_again(ws, tmp_path / "a", ws / "params.yaml")
+    assert log["reused_oof"][0] == 1.0
+    fresh = pl.read_parquet(ws / "scores/probe.parquet")
+    assert pl.read_parquet(tmp_path / "a/probe.parquet").equals(fresh)  # the same table as a fresh fit
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["detector"]["probe"]["C_grid"] = [1.0]  # another fit: the record's fingerprint no longer matches
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    assert _probe_again(ws, tmp_path / "b", tmp_path / "p.yaml")["reused_oof"][0] == 0.0

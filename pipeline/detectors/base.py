@@ -22,6 +22,9 @@ class DetectorInput:
         test: (M, D) float32 L2-normalised test features.
         num_classes: K.
         seed: seeds any randomness (fold splits).
+        oof: (N, K) float32 out-of-fold probabilities the noise stage estimated the rate from, or None.
+        oof_record: how they were made (the noise report's `estimate` section); a detector that made
+            them itself may reuse them when the record says so, instead of fitting again.
     """
 
     train: np.ndarray
@@ -29,6 +32,8 @@ class DetectorInput:
     test: np.ndarray
     num_classes: int
     seed: int
+    oof: np.ndarray | None = None
+    oof_record: dict | None = None
 
 
 @dataclass

