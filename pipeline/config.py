@@ -7,6 +7,8 @@ Units are given in the field comments.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,10 +18,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 
 
-class Strict(BaseModel):
-    """Base for params sections: unknown keys are errors, values are validated on assignment too."""
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a YAML boolean (bool itself, Any, or a union/Literal holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType, Annotated):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    return False
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+class Strict(BaseModel):
+    """Base for params sections: unknown keys are errors, values are validated on assignment too, numbers
+    must be finite, and a boolean is refused where a number is meant (pydantic would read `epochs: true`
+    as 1)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(value).lower()} is a boolean, not a value of this key's type")
+        return value
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # seeds: numpy and torch both take [0, 2**32)
 
 
 class DataParams(Strict):
@@ -35,7 +61,7 @@ class DataParams(Strict):
         None  # manifest: the class list (labels must be in it); default: sorted labels
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share held out as test when the source has no split
-    split_seed: int = 0  # seed of that stratified split (fixed so the split never moves)
+    split_seed: Seed = 0  # seed of that stratified split (fixed so the split never moves)
     max_per_split: int | None = Field(None, ge=1)  # keep at most this many samples per split (stratified)
     stream: bool = (
         False  # imagefolder/manifest: keep file paths, decode per batch (data too large for memory)
@@ -47,6 +73,10 @@ class DataParams(Strict):
             raise ValueError(f"data.root is required for source '{self.source}'")
         if self.stream and self.source not in ("imagefolder", "manifest"):
             raise ValueError(f"data.stream: only for imagefolder and manifest sources, not '{self.source}'")
+        if self.classes is not None:
+            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if twice:
+                raise ValueError(f"data.classes: {twice} listed more than once")
         return self
 
 
@@ -197,6 +227,15 @@ class CleanParams(Strict):
     # auto = the noise stage's estimated rate (no cap when there is no estimate); null = no cap
 
 
+class RunParams(Strict):
+    """`run:` — how a run behaves, not what it computes. No stage lists this section in dvc.yaml, so
+    flipping a key here re-runs nothing. The same keys in `train:` (older params files) take precedence, and
+    there they are hashed with the rest of `train`."""
+
+    resume: bool | None = None  # continue a killed run from checkpoints/<method>.pt (None = train's value)
+    progress: bool | None = None  # tqdm bars (None = train's value)
+
+
 class EvaluateParams(Strict):
     """`evaluate:` — report options."""
 
@@ -227,7 +266,7 @@ class GalAgreementParams(Strict):
 class Params(Strict):
     """The whole params.yaml."""
 
-    seed: int = 0
+    seed: Seed = 0
     data: DataParams = Field(default_factory=DataParams)
     noise: NoiseParams = Field(default_factory=NoiseParams)
     train: TrainParams = Field(default_factory=TrainParams)
@@ -237,6 +276,7 @@ class Params(Strict):
     detectors: list[str] = Field(default_factory=list)  # detect@<name> stages on the embeddings
     detector: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-detector options
     datalab: DatalabParams = Field(default_factory=DatalabParams)
+    run: RunParams = Field(default_factory=RunParams)
     clean: CleanParams = Field(default_factory=CleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     gal_agreement: GalAgreementParams = Field(default_factory=GalAgreementParams)
@@ -286,6 +326,20 @@ class Params(Strict):
                 f"gal_agreement.epochs: {self.gal_agreement.epochs} leaves no step after GAL's warm-up "
                 f"(method.gal.warmup_epochs: {warm})"
             )
+        for key in ("resume", "progress"):  # `run:` applies unless `train:` gives the key itself
+            if getattr(self.run, key) is not None and key not in self.train.model_fields_set:
+                setattr(self.train, key, getattr(self.run, key))
+        if self.data.noisy_labels and self.noise.kind != "real":
+            raise ValueError(
+                f"data.noisy_labels is set but noise.kind is '{self.noise.kind}': the file would be ignored "
+                "and synthetic noise injected; set noise.kind: real (or remove data.noisy_labels)"
+            )
+        bad = [m for m in self.train.milestones if not 1 <= m <= self.train.epochs]
+        if bad or self.train.milestones != sorted(set(self.train.milestones)):
+            raise ValueError(
+                f"train.milestones: {self.train.milestones} must be increasing epochs in [1, train.epochs = "
+                f"{self.train.epochs}]"
+            )
         missing = [m for m in self.clean.methods if m not in self.scored]
         if missing:
             raise ValueError(
@@ -323,12 +377,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the file is empty; start from the shipped params.yaml (the code's defaults are not a "
+            "tuned configuration)"
+        )
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return parse_params(raw or {}, str(path))
+    return parse_params(raw, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def validate_section(model: type[BaseModel], raw: dict[str, Any] | None, key: str) -> Any:

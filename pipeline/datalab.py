@@ -138,7 +138,8 @@ def report_section(issues: pl.DataFrame, images: pl.DataFrame, labels: dict[int,
     split = dict(zip(issues["sample_id"].to_list(), issues["split"].to_list(), strict=True))
 
     def cell(i: int, note: str) -> str:
-        return image_cell(by_id[i], f"id {i} ({split[i]})<br>{html.escape(labels.get(i, '?'))}<br>{note}")
+        caption = f"id {i} ({split[i]})<br>{html.escape(labels.get(i, '?'))}<br>{note}"
+        return image_cell(by_id[i], caption, css="issue")
 
     pairs, seen = [], set()
     for r in issues.filter(pl.col("is_near_duplicate")).sort("near_duplicate_score").iter_rows(named=True):

@@ -213,10 +213,10 @@ def _file_bytes(path: str | None) -> bytes:
         raise DataError(f"{path}: cannot read the image for the report gallery ({e})") from None
 
 
-def image_cell(row: dict, caption: str) -> str:
+def image_cell(row: dict, caption: str, css: str = "cell") -> str:
     """One gallery cell: the thumbnail of an INGESTED row (bytes in memory, or read from its file) over an
-    HTML caption."""
-    return f'<div class="cell">{_thumb(row["image"] or _file_bytes(row.get("file")))}<br>{caption}</div>'
+    HTML caption; `css` is the cell's class ("cell" = the suspicious-samples gallery)."""
+    return f'<div class="{css}">{_thumb(row["image"] or _file_bytes(row.get("file")))}<br>{caption}</div>'
 
 
 def _gallery(
@@ -425,7 +425,7 @@ body{{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;color:
 table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 th{{background:#f3f3f3}}.figs img{{margin:4px;border:1px solid #eee}}
 .gallery{{display:flex;flex-wrap:wrap}}.pair{{display:flex;border:1px dashed #bbb;margin:3px}}
-.cell{{width:130px;font-size:11px;margin:4px;text-align:center}}
+.cell,.issue{{width:130px;font-size:11px;margin:4px;text-align:center}}
 .thumb{{width:64px;height:64px;image-rendering:pixelated;border:1px solid #999}}</style></head><body>
 <h1>gradclean report</h1>
 <p>data: <b>{html.escape(params.data.source)}</b>, {noisy.height} training samples,

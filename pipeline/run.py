@@ -636,11 +636,21 @@ def run_gal_agreement(params: Params, ingested_dir: Path, out_csv: Path) -> None
 
 # ------------------------------------------------------------------------------------------------ clean
 def run_clean(
-    params: Params, scores_dir: Path, out_parquet: Path, out_csv: Path, noise_report: Path | None = None
+    params: Params,
+    scores_dir: Path,
+    out_parquet: Path,
+    out_csv: Path,
+    noise_report: Path | None = None,
+    ingested_dir: Path | None = None,
+    out_manifest: Path | None = None,
 ) -> None:
     """Apply the cleaning policy over `clean.methods` and write the cleaned label file (+ CSV twin).
 
     `noise_report` (the noise stage's JSON) gives the estimated rate that `clean.max_share: auto` caps at.
+    `ingested_dir` adds each sample's identity in the source (`source_path`, `source_file`,
+    `source_index`), and `out_manifest` (needs it) writes the cleaned dataset in the manifest layout
+    (`path,label,split,source_index`): kept and relabelled training rows with their cleaned class, every
+    test row with its label, dropped rows left out.
     """
     from pipeline.clean import clean_labels
 
@@ -659,10 +669,17 @@ def run_clean(
         agreement=params.clean.agreement,
         max_share=share,
     )
+    cleaned, manifest = _with_source_identity(cleaned, params, ingested_dir, names)
+    if out_manifest is not None and manifest is None:
+        raise ConfigError(
+            "clean: --manifest needs --ingested (the source paths come from the ingested tables)"
+        )
     validate(cleaned, CLEANED, len(names), str(out_parquet), rows=scores[params.clean.methods[0]].height)
     with staged_outputs() as out:
         out.write_table(out_parquet, cleaned, CLEANED, names)
         out.write_csv(out_csv, cleaned)
+        if out_manifest is not None:
+            out.write_csv(out_manifest, manifest)
     counts = dict(cleaned["action"].value_counts().iter_rows())
     cap = "no cap" if share is None else f"cap {share:.3f} of the rows"
     print(
@@ -672,7 +689,71 @@ def run_clean(
     )
 
 
+def _with_source_identity(
+    cleaned: pl.DataFrame, params: Params, ingested_dir: Path | None, names: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The cleaned table with source_path / source_file / source_index, and the cleaned manifest (both
+    unchanged / None without `ingested_dir`)."""
+    from pipeline.data.sources import file_root
+
+    if ingested_dir is None:
+        return cleaned, None
+    root = file_root(params.data)
+
+    def identity(frame: pl.DataFrame) -> pl.DataFrame:
+        rel = frame["source_path"].to_list()
+        files = frame["file"].to_list() if "file" in frame.columns else [None] * frame.height
+        resolved = [
+            f
+            if f is not None
+            else (str((root / r).resolve()) if r is not None and root is not None else None)
+            for r, f in zip(rel, files, strict=True)
+        ]
+        return pl.DataFrame(
+            {
+                "sample_id": frame["sample_id"],
+                "source_path": pl.Series(rel, dtype=pl.String),
+                "source_file": pl.Series(resolved, dtype=pl.String),
+                "source_index": pl.Series(
+                    [None if r is not None else i for r, i in zip(rel, frame["sample_id"], strict=True)],
+                    dtype=pl.Int64,
+                ),
+            }
+        )
+
+    train, _ = read_table(ingested_dir / "train.parquet", INGESTED)
+    test, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+    ids = identity(train)
+    out = cleaned.join(ids, on="sample_id", how="left", maintain_order="left")
+    if out.height != cleaned.height or ids.height != cleaned.height:
+        raise DataError(
+            f"{ingested_dir / 'train.parquet'}: {ids.height} training samples, the score tables hold "
+            f"{cleaned.height} (re-run the stages after ingest)"
+        )
+    kept = out.filter(pl.col("action") != "drop")
+    test_ids = identity(test).with_columns(
+        pl.Series("label", [names[v] for v in test["label"]], dtype=pl.String)
+    )
+    manifest = pl.concat(
+        [
+            kept.select(
+                pl.col("source_path").alias("path"),
+                pl.col("cleaned_class").alias("label"),
+                pl.lit("train").alias("split"),
+                "source_index",
+            ),
+            test_ids.select(
+                pl.col("source_path").alias("path"), "label", pl.lit("test").alias("split"), "source_index"
+            ),
+        ]
+    )
+    return out, manifest
+
+
 # ---------------------------------------------------------------------------------------------- retrain
+RETRAIN_WARN_SHARE = 0.25  # retrain warns when fewer than this share of the rows survive cleaning
+
+
 def run_retrain(
     params: Params,
     ingested_dir: Path,
@@ -692,8 +773,20 @@ def run_retrain(
     if order["action"].null_count():
         raise DataError(f"{cleaned_path}: does not cover every training sample (re-run clean)")
     keep = np.flatnonzero(order["action"].to_numpy() != "drop")
+    if len(keep) == 0:
+        raise DataError(
+            f"{cleaned_path}: cleaning dropped every training row; nothing to retrain on (loosen clean.* "
+            "or check the voting methods' scores)"
+        )
+    kept_labels = order["cleaned_label"].to_numpy()[keep].astype(np.int64)
+    require_two_classes(pl.Series(kept_labels), names, f"{cleaned_path} (the kept rows)")
+    if len(keep) < RETRAIN_WARN_SHARE * len(order):
+        print(
+            f"retrain: warning: only {len(keep)} of {len(order)} rows ({len(keep) / len(order):.0%}) survive "
+            "cleaning; the retrained model sees little data"
+        )
     sub = train.subset(keep)
-    sub.labels = torch.as_tensor(order["cleaned_label"].to_numpy()[keep].astype(np.int64), device=device)
+    sub.labels = torch.as_tensor(kept_labels, device=device)
     _, _, res = train_method("ce", {}, params, sub, test, len(names), device, checkpoint)
     summary = {
         "train_samples": len(sub),

@@ -409,4 +409,27 @@ CLEANED = TableSchema(
             "methods_agreeing", pa.int32(), min_value=0, description="How many methods voted for the action."
         ),
     ),
+    extra_columns=(  # written by the clean stage when it is given the ingested tables (dvc.yaml does)
+        Column(
+            "source_path",
+            pa.string(),
+            nullable=True,
+            description="The image file as the source names it (manifest path as given, or the image "
+            "folder's relative path); null for digits and CIFAR, or when clean ran without --ingested.",
+        ),
+        Column(
+            "source_file",
+            pa.string(),
+            nullable=True,
+            description="source_path resolved to an absolute path (null where source_path is).",
+        ),
+        Column(
+            "source_index",
+            pa.int64(),
+            nullable=True,
+            min_value=0,
+            description="digits: the row of scikit-learn's load_digits(); CIFAR: the position in "
+            "data_batch_1..5 concatenated; null for file sources.",
+        ),
+    ),
 )

@@ -34,6 +34,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device: unknown device '{name}'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: '{name}' requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"train.device: '{name}' requested but Apple's MPS is not available on this machine"
+        )
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"train.device: '{name}' is not a device gradclean trains on (auto, cpu, cuda[:N], mps)"
+        )
     return dev
 
 
@@ -413,6 +421,7 @@ def fit(
                 say(f"[{name}] ignoring {checkpoint}: it was written with other params")
         truth = ctx.train.true_labels
         clean = None if truth is None else (truth == ctx.train.labels)
+        wrote = False  # whether this run has written `checkpoint` (removed again if the loss blows up)
         for epoch in range(start, epochs):
             lr = float(method.lr()) if hasattr(method, "lr") else float("nan")
             t0 = time.perf_counter()
@@ -420,6 +429,7 @@ def fit(
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             elapsed += time.perf_counter() - t0
+            _check_finite(name, res, epoch, len(steps), lr, checkpoint if wrote else None)
             test_probs = method.predict(ctx.test)
             test_acc = (test_probs.argmax(-1) == ctx.test.labels).float().mean().item()
             kept = res.kept
@@ -463,7 +473,33 @@ def fit(
                         "torch_rng": torch.get_rng_state(),
                     },
                 )
+                wrote = start == 0  # a resumed run's checkpoint was there before it
     return FitResult(log, elapsed, steps)
+
+
+def _check_finite(
+    name: str, res: EpochResult, epoch: int, first_step: int, lr: float, written: Path | None
+) -> None:
+    """Refuse an epoch whose loss is not finite, naming the first bad step and the settings that cause it;
+    `written` (a checkpoint this run created, not one it resumed from or replaces) is removed so the
+    failing stage leaves nothing behind."""
+    losses = res.steps.get("loss")
+    bad = None
+    if losses is not None and losses.numel():
+        finite = torch.isfinite(losses.detach().float())
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+    elif not bool(torch.isfinite(res.loss_sum.detach().float()).all()):
+        bad = 0
+    if bad is None:
+        return
+    if written is not None and Path(written).is_file():
+        Path(written).unlink()
+    raise ConfigError(
+        f"train@{name}: the training loss is not finite at epoch {epoch + 1}, step {first_step + bad} "
+        f"(learning rate {lr:g}); check train.lr (and the method's options), train.optimizer and the "
+        "input data"
+    )
 
 
 def step_rows(cols: dict[str, torch.Tensor], epoch: int, first_step: int) -> list[dict[str, float]]:

@@ -1,5 +1,5 @@
-"""Stage clean: params `clean` + scores/*.parquet (+ the noise report's estimated rate) ->
-cleaned/labels.parquet and cleaned/labels.csv."""
+"""Stage clean: params `clean` (+ `data` for the source root) + scores/*.parquet (+ the noise report's
+estimated rate, the ingested tables) -> cleaned/labels.parquet, cleaned/labels.csv, cleaned/manifest.csv."""
 
 import sys
 from pathlib import Path
@@ -12,13 +12,20 @@ def _args(p):
     p.add_argument("--out", type=Path, default=Path("cleaned/labels.parquet"))
     p.add_argument("--csv", type=Path, default=Path("cleaned/labels.csv"))
     p.add_argument("--noise-report", type=Path, default=None, help="its estimate caps clean.max_share: auto")
+    p.add_argument("--ingested", type=Path, default=None, help="adds each sample's source path / index")
+    p.add_argument("--manifest", type=Path, default=None, help="the cleaned dataset as path,label,split")
 
 
 def main(argv=None) -> int:
     from pipeline.run import run_clean
 
     return run_stage(
-        __doc__, _args, lambda a, params: run_clean(params, a.scores_dir, a.out, a.csv, a.noise_report), argv
+        __doc__,
+        _args,
+        lambda a, params: run_clean(
+            params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest
+        ),
+        argv,
     )
 
 

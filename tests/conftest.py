@@ -6,8 +6,9 @@ functions too (`write_cifar10`, ...) so a test can write a variant (a bad batch,
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,12 +238,41 @@ FAULTS_SEEN = pytest.StashKey[list]()
 
 def pytest_configure(config) -> None:
     config.stash[FAULTS_SEEN] = []
+    worker = getattr(config, "workerinput", None)
+    if worker is None and "GRADCLEAN_E2E_DIR" not in os.environ:  # the session's first process
+        import tempfile
+
+        os.environ["GRADCLEAN_E2E_DIR"] = tempfile.mkdtemp(prefix="gradclean-e2e-")
+        config.stash[E2E_OWNER] = Path(os.environ["GRADCLEAN_E2E_DIR"])
+    if worker is None:
+        # pytest-xdist workers (and the subprocesses tests start) inherit this before they load torch: its
+        # OpenMP threads then sleep instead of spinning while another process holds the cores. Each keeps
+        # torch's default thread count, so results are bit-for-bit those of a one-process run (several
+        # tests compare numbers that move with the thread count).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+E2E_OWNER = pytest.StashKey[Path]()
 
 
 @pytest.fixture
 def faults_seen(request) -> list:
     """The run's fault log: tests append (stage, fault, survived) and flip survived once every check held."""
     return request.config.stash[FAULTS_SEEN]
+
+
+def pytest_sessionfinish(session) -> None:
+    """pytest-xdist worker: hand this worker's fault log to the controller, which prints the totals."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["faults_seen"] = json.dumps(session.config.stash.get(FAULTS_SEEN, []))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist controller: collect a finished worker's fault log."""
+    seen = getattr(node, "workeroutput", {}).get("faults_seen")
+    if seen:
+        node.config.stash[FAULTS_SEEN].extend(tuple(x) for x in json.loads(seen))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -261,23 +291,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 # ------------------------------------------------------------------- e2e run overlapping the other tests
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Run the e2e tests last and start their `dvc repro` now, in the background (see `e2e_run.py`)."""
+    """Run the e2e tests last (on one xdist worker: they share one repo) and start their `dvc repro` now, in
+    the background (see `e2e_run.py`)."""
     e2e = [i for i in items if i.path.name == "test_e2e.py"]
     if not e2e:
         return
+    for item in e2e:
+        item.add_marker(pytest.mark.xdist_group("e2e"))
     items[:] = [i for i in items if i.path.name != "test_e2e.py"] + e2e
-    from e2e_run import E2E_RUN, start_e2e_run
+    from e2e_run import claim_and_start
 
-    config.stash[E2E_RUN] = start_e2e_run()
+    claim_and_start()
 
 
 def pytest_unconfigure(config) -> None:
-    from e2e_run import E2E_RUN
+    owned = config.stash.get(E2E_OWNER, None)
+    if owned is not None:
+        from e2e_run import stop_run
 
-    run = config.stash.get(E2E_RUN, None)
-    if run is None:
-        return
-    if run.proc.poll() is None:  # interrupted session: do not leave dvc running
-        run.proc.kill()
-        run.proc.wait()
-    shutil.rmtree(run.repo.parent, ignore_errors=True)
+        stop_run(owned)
+        os.environ.pop("GRADCLEAN_E2E_DIR", None)

@@ -1,7 +1,13 @@
 """The e2e suite's `dvc repro`, started in the background so it overlaps the rest of the test run.
 
-`conftest.pytest_collection_modifyitems` calls `start_e2e_run()` when e2e tests are collected and moves them
-last; their `repo` fixture calls `finish_e2e_run()`, which waits for the run and fails with its log tail.
+One run serves the whole test session, also when pytest-xdist spreads the tests over worker processes:
+
+- the session's first process (`pytest_configure` in `conftest.py`, the xdist controller or a plain run)
+  names a shared folder in `GRADCLEAN_E2E_DIR`, which the workers inherit;
+- whichever process collects the e2e tests first claims the folder (an atomic mkdir) and starts
+  `dvc repro` there, detached, at the lowest CPU priority; the exit code lands in `rc` when it ends;
+- the e2e tests' `repo` fixture (`wait_for_run`) waits for `rc` and fails with the log's tail on an error;
+- the first process stops a run still going and removes the folder at the end (`stop_run`).
 """
 
 from __future__ import annotations
@@ -9,15 +15,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DIR_VAR = "GRADCLEAN_E2E_DIR"
 
 
 def tiny_params(base: dict) -> dict:
@@ -35,17 +42,6 @@ def tiny_params(base: dict) -> dict:
     return p
 
 
-@dataclass
-class E2ERun:
-    repo: Path
-    env: dict
-    proc: subprocess.Popen
-    log: Path
-
-
-E2E_RUN = pytest.StashKey[E2ERun]()
-
-
 def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command in the e2e repo; a non-zero exit (when `check`) fails with its output's tail."""
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -56,13 +52,34 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
     return res
 
 
-def _lowest_priority() -> None:
-    os.nice(19)
+def shared_dir() -> Path:
+    """The session's e2e folder (created on first use when no process has named one)."""
+    if DIR_VAR not in os.environ:
+        os.environ[DIR_VAR] = tempfile.mkdtemp(prefix="gradclean-e2e-")
+    return Path(os.environ[DIR_VAR])
 
 
-def start_e2e_run() -> E2ERun:
-    """Copy the working tree (tracked and untracked files), set tiny params, commit, start `dvc repro`."""
-    dst = Path(tempfile.mkdtemp(prefix="gradclean-e2e-")) / "repo"
+def run_env(repo: Path) -> dict:
+    return {
+        **os.environ,
+        "GX_ANALYTICS_ENABLED": "false",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PYTHONPATH": str(repo),
+    }
+
+
+def claim_and_start() -> None:
+    """Start the session's run unless another process has: copy the working tree (tracked and untracked
+    files), set tiny params, commit, and launch `dvc repro` detached."""
+    base = shared_dir()
+    try:
+        (base / "claim").mkdir()
+    except FileExistsError:
+        return
+    dst = base / "repo"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -77,41 +94,46 @@ def start_e2e_run() -> E2ERun:
     (dst / "dvc.lock").unlink(missing_ok=True)
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "GX_ANALYTICS_ENABLED": "false",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "PYTHONPATH": str(dst),
-    }
+    env = run_env(dst)
     sh(["git", "init", "-q"], dst, env)
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "tiny"], dst, env)
-    log = dst.parent / "repro.log"
     # Lowest CPU priority and one thread per stage: the run soaks up the cores the other tests leave idle
     # (imports, Python overhead) without preempting their torch threads; what is left runs at the end.
     quiet = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the run
-        proc = subprocess.Popen(
-            ["dvc", "repro"],
-            cwd=dst,
-            env=quiet,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_lowest_priority,
-        )
-    return E2ERun(dst, env, proc, log)
+    script = "nice -n 19 dvc repro > ../repro.log 2>&1; echo $? > ../rc.tmp && mv ../rc.tmp ../rc"
+    proc = subprocess.Popen(["sh", "-c", script], cwd=dst, env=quiet, start_new_session=True)
+    (base / "pid").write_text(str(proc.pid))
 
 
-def finish_e2e_run(run: E2ERun, timeout: float = 900) -> tuple[Path, dict]:
-    """Wait for the background `dvc repro`; its failure fails the caller with the log's tail."""
-    try:
-        rc = run.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        run.proc.kill()
-        raise
+def wait_for_run(timeout: float = 1200) -> tuple[Path, dict]:
+    """Wait for the session's `dvc repro` (starting it if nobody has); its failure fails the caller with the
+    log's tail."""
+    base = shared_dir()
+    if not (base / "claim").exists():
+        claim_and_start()
+    deadline = time.monotonic() + timeout
+    while not (base / "rc").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dvc repro did not finish in {timeout:.0f} s:\n{_tail(base)}")
+        time.sleep(1.0)
+    rc = int((base / "rc").read_text().strip() or 1)
     if rc != 0:
-        raise AssertionError(f"dvc repro failed ({rc}):\n{run.log.read_text()[-6000:]}")
-    return run.repo, run.env
+        raise AssertionError(f"dvc repro failed ({rc}):\n{_tail(base)}")
+    return base / "repo", run_env(base / "repo")
+
+
+def _tail(base: Path) -> str:
+    log = base / "repro.log"
+    return log.read_text()[-6000:] if log.exists() else "(no log)"
+
+
+def stop_run(base: Path) -> None:
+    """Kill a run still going (an interrupted session) and remove the session's folder."""
+    pid = base / "pid"
+    if pid.exists() and not (base / "rc").exists():
+        try:
+            os.killpg(int(pid.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+    shutil.rmtree(base, ignore_errors=True)

@@ -64,6 +64,9 @@ def workspace_params() -> dict:
     raw["method"]["gal"]["warmup_epochs"] = 1
     raw["gal_agreement"].update(rates=[0.5], epochs=2, max_samples=None)
     raw["evaluate"]["gallery_size"] = 4
+    # 2 epochs of CE call nearly every label wrong, and with no estimate (noise.estimate: false) nothing
+    # caps the share: retrain would get no rows, which it now refuses. Cap it as a user would.
+    raw["clean"]["max_share"] = 0.5
     return raw
 
 
@@ -146,6 +149,19 @@ def set_row(column: str, row: int, value) -> Callable[[pl.DataFrame], pl.DataFra
 
 def recast(column: str, values: Callable[[pl.Series], pl.Series]) -> Callable[[pl.DataFrame], pl.DataFrame]:
     return lambda df: df.with_columns(values(df[column]).alias(column))
+
+
+def keep_only(df: pl.DataFrame, keep: pl.Expr) -> pl.DataFrame:
+    """A cleaned table that keeps (unchanged) the rows where `keep` holds and drops the rest."""
+    return df.with_columns(
+        pl.when(keep).then(pl.lit("keep")).otherwise(pl.lit("drop")).alias("action"),
+        pl.when(keep)
+        .then(pl.col("given_label"))
+        .otherwise(None)
+        .cast(df["cleaned_label"].dtype)
+        .alias("cleaned_label"),
+        pl.when(keep).then(pl.col("given_class")).otherwise(None).alias("cleaned_class"),
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -360,6 +376,56 @@ INGEST = [
     F("unsafe-pickle", cifar_source(malicious_pickle), "data_batch_3", "refused"),
     F("param-wrong-type", edit_params(data__max_per_split="many"), "data.max_per_split", "'many'"),
     F("param-unknown-key", edit_params(data__colour="rgb"), "data.colour: unknown key"),
+    F(
+        "same-file-spelled-twice",
+        manifest_source(rows=lambda r: [*r, ["./" + r[0][0], "plane", "test"]]),
+        "row 10: the same file as",
+        "row 2",
+    ),
+    F(
+        "numbers-spelled-two-ways",
+        manifest_source(
+            rows=lambda r: [[p, ["0", "1", "0.0", "1.0"][i % 4], s] for i, (p, _, s) in enumerate(r)]
+        ),
+        "label '0.0' is the number '0'",
+    ),
+    F(
+        "class-index-gaps",
+        manifest_source(rows=lambda r: [[p, ["0", "7"][i % 2], s] for i, (p, _, s) in enumerate(r)]),
+        "6 of them have no rows",
+    ),
+    F(
+        "sixteen-bit-png",
+        manifest_source(
+            files=lambda s: Image.fromarray(np.full((10, 10), 60000, dtype=np.uint16)).save(
+                s / "imgs/plane_3.png"
+            )
+        ),
+        "imgs/plane_3.png",
+        "decode as an image",
+    ),
+    F("repeated-class-name", edit_params(data__classes=["a", "a"]), "data.classes", "listed more than once"),
+    F("negative-seed", edit_params(seed=-1), "seed", "greater than or equal to 0"),
+    F("huge-seed", edit_params(seed=2**70), "seed", "less than 4294967296"),
+    F("negative-split-seed", edit_params(data__split_seed=-1), "data.split_seed"),
+    F("boolean-for-a-number", edit_params(data__max_per_split=True), "data.max_per_split", "is a boolean"),
+    F(
+        "noisy-labels-without-real-noise",
+        edit_params(data__noisy_labels="labels.npy"),
+        "data.noisy_labels is set but noise.kind is 'symmetric'",
+    ),
+    F(
+        "duplicate-yaml-key",
+        lambda ws: (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "seed: 3\n"),
+        "params.yaml",
+        "key 'seed' given twice",
+    ),
+    F(
+        "empty-params-file",
+        lambda ws: (ws / "params.yaml").write_text(""),
+        "params.yaml",
+        "the file is empty",
+    ),
 ]
 
 NOISE = [
@@ -524,6 +590,17 @@ TRAIN = [
         "colour image among grayscale",
     ),
     F("param-wrong-type", edit_params(train__epochs="ten"), "train.epochs", "'ten'"),
+    F("epochs-true", edit_params(train__epochs=True), "train.epochs", "is a boolean"),
+    F("bad-milestones", edit_params(train__milestones=[5, -3, 100]), "train.milestones", "[5, -3, 100]"),
+    F("device-mps-missing", edit_params(train__device="mps"), "train.device", "'mps'", "not available"),
+    F("device-meta", edit_params(train__device="meta"), "train.device", "'meta'"),
+    F("lr-inf", edit_params(train__lr=float("inf")), "train.lr", "finite"),
+    F(
+        "loss-blows-up",
+        edit_params(train__lr=1e30, train__momentum=0.0),
+        "train@ce: the training loss is not finite at epoch 1",
+        "train.lr",
+    ),
     F("param-unknown-key", edit_params(train__lrr=0.1), "train.lrr: unknown key"),
     F("method-option-wrong-type", edit_params(method__ce__nets="two"), "method.ce", "nets"),
 ]
@@ -626,6 +703,18 @@ RETRAIN = [
         replace_bytes("cleaned/labels.parquet", b"garbage"),
         "cleaned/labels.parquet",
         "not a readable Parquet",
+    ),
+    F(
+        "every-row-dropped",
+        edit_table("cleaned/labels.parquet", lambda df: keep_only(df, pl.lit(False))),
+        "cleaned/labels.parquet",
+        "dropped every training row",
+    ),
+    F(
+        "kept-rows-one-class",
+        edit_table("cleaned/labels.parquet", lambda df: keep_only(df, pl.col("given_label") == 3)),
+        "cleaned/labels.parquet (the kept rows)",
+        "one class",
     ),
     F("param-wrong-type", edit_params(train__batch_size=[64]), "train.batch_size"),
     F("param-unknown-key", edit_params(retrain=True), "retrain: unknown key"),

@@ -14,18 +14,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from e2e_run import E2E_RUN, finish_e2e_run, sh, start_e2e_run
+from e2e_run import sh, wait_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(request) -> tuple[Path, dict]:
+def repo() -> tuple[Path, dict]:
     """The tiny repo after `dvc repro`. conftest starts that run in the background at collection time (and
     orders these tests last), so it overlaps the rest of the suite; here we wait for it to finish."""
-    run = request.config.stash.get(E2E_RUN, None) or start_e2e_run()
-    return finish_e2e_run(run)
+    return wait_for_run()
 
 
 def declared_outputs(repo: Path) -> list[Path]:
@@ -128,6 +127,19 @@ def test_datalab_table_and_report_section(repo):
     assert metrics["data_issues"]["outliers"] == int(issues["is_outlier"].sum())
     html = (root / "reports/report.html").read_text()
     assert "Data issues (cleanlab Datalab on the embeddings)" in html and "Most atypical images" in html
+
+
+def test_evaluate_takes_a_skipped_sweep(repo, tmp_path):
+    """`gal_agreement.rates: []` (the documented way to skip GAL's Figure-1 sweep) writes a header-only
+    table; evaluate reads it as "no sweep" instead of refusing it."""
+    root, env = repo
+    header = (root / "logs/gal_agreement.csv").read_text().splitlines()[0]
+    (tmp_path / "sweep.csv").write_text(header + "\n")
+    args = ["--metrics", str(tmp_path / "m.json"), "--plots-dir", str(tmp_path / "pr")]
+    args += ["--report", str(tmp_path / "r.html"), "--gal-agreement", str(tmp_path / "sweep.csv")]
+    sh([sys.executable, "-m", "stages.evaluate", *args], root, env)
+    assert "gal_agreement" not in json.loads((tmp_path / "m.json").read_text())
+    assert "the paper's Figure 1" not in (tmp_path / "r.html").read_text()
 
 
 def test_second_repro_is_a_no_op(repo):

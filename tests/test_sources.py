@@ -23,6 +23,7 @@ from conftest import (
     write_cifar10,
     write_manifest,
 )
+from PIL import Image
 
 from pipeline.config import DataParams
 from pipeline.data.images import decode_images
@@ -202,6 +203,31 @@ def test_cifar_meta_with_wrong_number_of_names(cifar10: Cifar) -> None:
     dump_pickle(cifar10.folder / "batches.meta", {b"label_names": [b"a", b"b"]})
     with pytest.raises(DataError, match=r"batches.meta.*2 class names"):
         ingest(DataParams(source="cifar10", root=str(cifar10.root)))
+
+
+def test_cifar_pickles_with_python3_str_keys_read_like_the_official_ones(cifar10: Cifar) -> None:
+    """A batches.meta / data batch re-pickled by Python 3 has str keys; it reads exactly like the original."""
+    before = ingest(DataParams(source="cifar10", root=str(cifar10.root)))
+    for name in ("batches.meta", "data_batch_2"):
+        path = cifar10.folder / name
+        d = pickle.loads(path.read_bytes(), encoding="bytes")
+        dump_pickle(path, {k.decode(): v for k, v in d.items()}, protocol=4)
+    after = ingest(DataParams(source="cifar10", root=str(cifar10.root)))
+    assert after.class_names == before.class_names == cifar10.names
+    assert after.train.equals(before.train) and after.test.equals(before.test)
+
+
+def test_cifar_download_without_a_network_names_the_setting(tmp_path: Path, monkeypatch) -> None:
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError, match=r"data.download: cannot fetch cifar10 .*no network\? Put the python"):
+        ingest(DataParams(source="cifar10", root=str(tmp_path), download=True))
 
 
 def test_cifar_truncated_pickle(cifar10: Cifar) -> None:
@@ -570,3 +596,116 @@ def test_manifest_corrupt_png_named_on_decode(manifest: Manifest) -> None:
     out = ingest(DataParams(source="manifest", root=str(manifest.csv)))
     with pytest.raises(DataError, match=r"imgs/plane_3.png: cannot decode image"):
         decode_images(out.train["image"].to_list(), 10, "auto", out.train["source_path"].to_list())
+
+
+# ------------------------------------------------------------------ inputs a user really has (issue 17)
+def _png16(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), 60000, dtype=np.uint16)).save(path)  # Pillow writes mode I;16
+
+
+def test_sixteen_bit_png_and_float_tiff_are_refused_by_path(image_folder: Path) -> None:
+    _png16(image_folder / "cat" / "deep.png")
+    assert Image.open(image_folder / "cat" / "deep.png").mode.startswith("I")
+    out = ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+    frame = pl.concat([out.train, out.test])
+    with pytest.raises(DataError, match=r"deep\.png: I(;16)? pixels \(16-bit or float\)"):
+        decode_images(frame["image"].to_list(), 8, "auto", frame["source_path"].to_list())
+    tif = image_folder / "dog" / "float.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tif)
+    with pytest.raises(DataError, match=r"float\.tif: F pixels"):
+        decode_images([tif.read_bytes()], 8, 3, [str(tif)])
+
+
+def test_decompression_bomb_is_refused_by_name(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # 20 000 x 20 000 grey, claims 400 MP
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(DataError, match=r"bomb\.png: refused, too many pixels"):
+        decode_images([bomb], 8, 1, ["bomb.png"])
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    from pipeline.data.images import opens_as_image
+
+    assert not opens_as_image(str(tmp_path / "bomb.png"))  # the streamed check: refused, not raised
+
+
+def test_hidden_folders_are_skipped_and_empty_classes_refused(image_folder: Path) -> None:
+    before = ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+    save_png(image_folder / ".git" / "x.png", tiny_image(1))
+    save_png(image_folder / "cat" / ".ipynb_checkpoints" / "00-checkpoint.png", tiny_image(2))
+    after = ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+    assert after.class_names == before.class_names == FOLDER_CLASSES
+    assert after.train.equals(before.train) and after.test.equals(before.test)
+    (image_folder / "emu").mkdir()
+    with pytest.raises(DataError, match=r"emu: class folder 'emu' holds no image files"):
+        ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+
+
+def test_a_val_folder_beside_train_and_test_is_refused(image_folder_split: Path) -> None:
+    save_png(image_folder_split / "val" / "cat" / "0.png", tiny_image(3, gray=True))
+    with pytest.raises(DataError, match=r"val: only train/ and test/ are read"):
+        ingest(DataParams(source="imagefolder", root=str(image_folder_split)))
+
+
+def test_a_class_folder_linking_back_up_the_tree_is_refused(image_folder: Path) -> None:
+    (image_folder / "loop").symlink_to("..", target_is_directory=True)
+    (image_folder / "loop2").symlink_to(".", target_is_directory=True)
+    with pytest.raises(DataError, match=r"the same file as"):
+        ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+
+
+def test_a_file_linked_to_itself_is_refused_by_name(image_folder: Path) -> None:
+    (image_folder / "cat" / "self.png").symlink_to("self.png")
+    with pytest.raises(DataError, match=r"self\.png.*cannot be resolved|self\.png.*not found"):
+        ingest(DataParams(source="imagefolder", root=str(image_folder), test_fraction=0.25))
+
+
+@pytest.mark.parametrize("spelling", ["./imgs/{f}", "imgs//{f}", "imgs/../imgs/{f}"])
+def test_one_file_spelled_two_ways_in_a_manifest_is_refused(manifest: Manifest, spelling: str) -> None:
+    first = manifest.rows[0][0]
+    again = spelling.format(f=Path(first).name)
+    rows = [*manifest.rows, (again, manifest.rows[1][1], "test")]
+    write_manifest(manifest.csv, rows)
+    with pytest.raises(DataError, match=rf"row {len(rows) + 1}: the same file as .*row 2"):
+        ingest(DataParams(source="manifest", root=str(manifest.csv)))
+
+
+def test_manifest_numbers_spelled_two_ways_and_index_gaps_are_refused(manifest: Manifest) -> None:
+    spelled = [(p, ["0", "1", "0.0", "1.0"][i % 4], s) for i, (p, _, s) in enumerate(manifest.rows)]
+    write_manifest(manifest.csv, spelled)
+    with pytest.raises(DataError, match=r"row 4: label '0.0' is the number '0' of row 2 spelled another way"):
+        ingest(DataParams(source="manifest", root=str(manifest.csv)))
+    gaps = [(p, ["0", "7"][i % 2], s) for i, (p, _, s) in enumerate(manifest.rows)]
+    write_manifest(manifest.csv, gaps)
+    with pytest.raises(DataError, match=r"indices 0..7, but 6 of them have no rows \(1, 2, 3, 4, 5, 6\)"):
+        ingest(DataParams(source="manifest", root=str(manifest.csv)))
+
+
+def test_repeated_class_names_are_refused() -> None:
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.classes: \['cat'\] listed more than once"):
+        parse_params({"data": {"source": "manifest", "root": "m.csv", "classes": ["cat", "dog", "cat"]}})
+
+
+def test_upper_case_parquet_suffix_is_read_as_parquet(manifest: Manifest) -> None:
+    frame = pl.DataFrame(
+        {"path": [r[0] for r in manifest.rows], "label": [r[1] for r in manifest.rows],
+         "split": [r[2] for r in manifest.rows]}
+    )  # fmt: skip
+    upper = manifest.csv.with_name("manifest.PARQUET")
+    frame.write_parquet(upper)
+    out = ingest(DataParams(source="manifest", root=str(upper)))
+    ref = ingest(DataParams(source="manifest", root=str(manifest.csv)))
+    assert out.train["image"].equals(ref.train["image"]) and out.class_names == ref.class_names

@@ -19,13 +19,30 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+"""Pillow modes with more than 8 bits per pixel (16-bit PNG/TIFF, 32-bit int or float TIFF): converting
+them to 8 bits clips (16-bit values 0-65535 become 0-255 saturated) or zeroes them, so they are refused."""
+
+
+def _check_mode(img: Image.Image, where: str) -> None:
+    if img.mode in WIDE_MODES:
+        raise DataError(
+            f"{where}: {img.mode} pixels (16-bit or float) are not 8-bit; gradclean would clip them. Convert "
+            "the image to 8-bit (e.g. Pillow: img.point(lambda v: v / 256).convert('L')) first"
+        )
+
+
 def open_image(data: bytes, where: str) -> Image.Image:
-    """Decode image bytes fully (not just the header), naming `where` on failure."""
+    """Decode image bytes fully (not just the header), naming `where` on failure; images above Pillow's
+    pixel limit (decompression bombs) and 16-bit / float images are refused."""
     try:
         img = Image.open(io.BytesIO(data))
+        _check_mode(img, where)
         img.load()
     except UnidentifiedImageError:
         raise DataError(f"{where}: cannot decode image (not a format Pillow recognises)") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{where}: refused, too many pixels for an image ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: cannot decode image ({e})") from None
     return img
@@ -44,7 +61,7 @@ def opens_as_image(path: str) -> bool:
     try:
         with Image.open(path):
             return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
 
 
@@ -89,8 +106,9 @@ def file_is_grayscale(path: str) -> bool:
     """Whether an image file is grayscale, from its header only (no pixel decode)."""
     try:
         with Image.open(path) as img:
+            _check_mode(img, path)
             return is_grayscale(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot open image ({e})") from None
 
 

@@ -123,7 +123,13 @@ def _cifar_dir(p: DataParams) -> Path:
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if p.source == "cifar10" else torchvision.datasets.CIFAR100
-        cls(str(root), train=True, download=True)
+        try:
+            cls(str(root), train=True, download=True)
+        except OSError as e:  # URLError, socket errors, a refused connection: no network
+            raise DataError(
+                f"data.download: cannot fetch {p.source} ({e}); no network? Put the python batches in "
+                f"{root / spec['folder']} and set data.download: false"
+            ) from None
         return root / spec["folder"]
     raise DataError(
         f"{root}: no {p.source} python batches found (expected {root / spec['folder'] / spec['meta']}); "
@@ -131,11 +137,20 @@ def _cifar_dir(p: DataParams) -> Path:
     )
 
 
+def _bytes_keys(d: object) -> object:
+    """A CIFAR pickle's dict with every key as bytes: the official files (pickled by Python 2) have bytes
+    keys, the same dicts re-pickled by Python 3 have str keys; both are read alike (as torchvision's
+    `encoding="latin1"` does)."""
+    if not isinstance(d, dict):
+        return d
+    return {k.encode("latin1") if isinstance(k, str) else k: v for k, v in d.items()}
+
+
 def _read_cifar_batches(folder: Path, files: list[str], spec: dict) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
         path = folder / name
-        d = load_pickle(path)
+        d = _bytes_keys(load_pickle(path))
         if not isinstance(d, dict) or b"data" not in d or spec["labels"] not in d:
             raise DataError(f"{path}: not a CIFAR batch (needs keys b'data' and {spec['labels']!r})")
         x = np.asarray(d[b"data"])
@@ -212,7 +227,7 @@ def load_cifar_source(p: DataParams) -> Ingested:
     """CIFAR-10/100 python batches (any number of images per file), optional CIFAR-N labels."""
     spec = _CIFAR[p.source]
     folder = _cifar_dir(p)
-    meta = load_pickle(folder / spec["meta"])
+    meta = _bytes_keys(load_pickle(folder / spec["meta"]))
     try:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["names"]]]
     except (KeyError, TypeError):
@@ -246,12 +261,25 @@ def resolve_under(root: Path, rel: str, where: str) -> Path:
     """Resolve `rel` under `root`; refuse absolute paths, `..` escapes and symlinks leading outside."""
     if not rel or Path(rel).is_absolute():
         raise DataError(f"{where}: path {rel!r} must be relative to {root}")
-    full = (root / rel).resolve()
+    try:
+        full = (root / rel).resolve(strict=False)
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise DataError(f"{where}: path {rel!r} cannot be resolved ({e})") from None
     if not full.is_relative_to(root.resolve()):
         raise DataError(f"{where}: path {rel!r} escapes the root {root}")
     if not full.is_file():
         raise DataError(f"{where}: image file {root / rel} not found")
     return full
+
+
+def refuse_repeated_files(full: list[Path], wheres: list[str]) -> None:
+    """One file listed twice (spelled differently, or reached again through a symlink) would put the same
+    image in twice, maybe under two labels or in both splits: refuse it, naming both places."""
+    first: dict[Path, int] = {}
+    for i, f in enumerate(full):
+        if f in first:
+            raise DataError(f"{wheres[i]}: the same file as {wheres[first[f]]} ({f}); list each image once")
+        first[f] = i
 
 
 def _split_frame(root: Path, ids, rels: list[str], labels, wheres: list[str], stream: bool) -> pl.DataFrame:
@@ -262,8 +290,22 @@ def _split_frame(root: Path, ids, rels: list[str], labels, wheres: list[str], st
     return _frame(ids, labels, [f.read_bytes() for f in full], paths=rels)
 
 
+def _hidden(path: Path, below: Path) -> bool:
+    """Whether any part of `path` under `below` starts with a dot (.git, .ipynb_checkpoints, .DS_Store)."""
+    return any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder` that are not hidden (dot-names are skipped, and the docs say so)."""
+    return [e for e in folder.iterdir() if not e.name.startswith(".")]
+
+
 def load_imagefolder_source(p: DataParams) -> Ingested:
-    """`root/<class>/*.png` (split by data.test_fraction) or `root/{train,test}/<class>/*`."""
+    """`root/<class>/*.png` (split by data.test_fraction) or `root/{train,test}/<class>/*`.
+
+    Hidden entries (names starting with a dot: `.git`, `.ipynb_checkpoints`) are skipped; an empty class
+    folder, a `val/` beside `train/` and `test/`, and one file reached twice (e.g. through a symlink back
+    up the tree) are refused by name."""
     root = Path(p.root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
@@ -271,21 +313,35 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
     presplit = all(d.is_dir() for d in splits.values())
     if not presplit and any(d.is_dir() for d in splits.values()):
         raise DataError(f"{root}: has only one of train/ and test/; give both, or class folders directly")
+    if presplit:
+        other = sorted(d.name for d in _visible(root) if d.is_dir() and d.name not in splits)
+        if other:
+            raise DataError(
+                f"{root / other[0]}: only train/ and test/ are read next to each other; {other} would be "
+                "ignored (move them out, or merge a validation split into train/)"
+            )
     bases = splits if presplit else {"all": root}
-    classes = sorted(d.name for d in bases["train" if presplit else "all"].iterdir() if d.is_dir())
+    classes = sorted(d.name for d in _visible(bases["train" if presplit else "all"]) if d.is_dir())
     if not classes:
         raise DataError(f"{root}: no class sub-folders")
     index = {c: i for i, c in enumerate(classes)}
     rows: dict[str, tuple[list[str], list[int]]] = {}
     for split, base in bases.items():
-        rels, labels = [], []
-        for d in sorted(x for x in base.iterdir() if x.is_dir()):
+        rels, labels, empty = [], [], []
+        for d in sorted(x for x in _visible(base) if x.is_dir()):
             if d.name not in index:
                 raise DataError(f"{d}: class '{d.name}' is not among the training classes {classes}")
-            for f in sorted(d.rglob("*")):
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    rels.append(str(f.relative_to(root)))
-                    labels.append(index[d.name])
+            files = [
+                f for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, d)
+            ]
+            empty += [] if files else [d]
+            rels += [str(f.relative_to(root)) for f in files]
+            labels += [index[d.name]] * len(files)
+        if empty and rels:  # (a split with no images at all is refused below, as an empty split)
+            raise DataError(
+                f"{empty[0]}: class folder '{empty[0].name}' holds no image files "
+                f"({', '.join(IMAGE_SUFFIXES)}); an empty class cannot be learnt, remove the folder"
+            )
         rows[split] = (rels, labels)
     if not presplit:
         rels, labels = rows.pop("all")
@@ -299,6 +355,10 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
     else:
         ntr = len(rows["train"][0])
         ids = {"train": np.arange(ntr), "test": ntr + np.arange(len(rows["test"][0]))}
+    every = [r for rels, _ in rows.values() for r in rels]
+    refuse_repeated_files(
+        [resolve_under(root, r, str(root / r)) for r in every], [str(root / r) for r in every]
+    )
     frames = {}
     for split, (rels, labels) in rows.items():
         if not rels:
@@ -310,34 +370,59 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
 MISSING_LABELS = ("nan", "none", "null", "na", "n/a")  # manifest label cells read as missing
 
 
+def _refuse_numbers_spelled_twice(raw: list[str], row_name) -> None:
+    """`0` and `0.0` (or `1` and `01`) are one number spelled two ways: as names they would be two classes."""
+    seen: dict[float, tuple[str, int]] = {}
+    for i, v in enumerate(raw):
+        try:
+            num = float(v)
+        except ValueError:
+            continue
+        if num in seen and seen[num][0] != v:
+            raise DataError(
+                f"{row_name(i)}: label {v!r} is the number {seen[num][0]!r} of "
+                f"{row_name(seen[num][1]).split(': ')[-1]} "
+                "spelled another way; they would become two classes. Write each label one way"
+            )
+        seen.setdefault(num, (v, i))
+
+
 def load_manifest_source(p: DataParams) -> Ingested:
     """CSV/Parquet manifest with columns `path,label[,split]`; labels are class names or indices."""
     path = Path(p.root)
     if not path.is_file():
         raise DataError(f"{path}: manifest file not found")
     try:
-        df = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=0)
+        is_parquet = path.suffix.lower() == ".parquet"
+        df = pl.read_parquet(path) if is_parquet else pl.read_csv(path, infer_schema_length=0)
     except Exception as e:
-        raise DataError(f"{path}: cannot read manifest ({e})") from None
+        raise DataError(
+            f"{path}: cannot read manifest as {'Parquet' if is_parquet else 'CSV'} ({str(e)[:300]})"
+        ) from None
     for col in ("path", "label"):
         if col not in df.columns:
             raise DataError(f"{path}: manifest needs columns 'path' and 'label' (found {df.columns})")
     if df.height == 0:
         raise DataError(f"{path}: manifest has no rows")
-    root = Path(p.manifest_root) if p.manifest_root else path.parent
-    row_name = (
-        (lambda i: f"{path}: row {i + 2}") if path.suffix != ".parquet" else (lambda i: f"{path}: row {i}")
-    )
+    row_name = (lambda i: f"{path}: row {i}") if is_parquet else (lambda i: f"{path}: row {i + 2}")
     raw = [None if v is None else str(v).strip() for v in df["label"].to_list()]
     for i, v in enumerate(raw):
         if not v:
             raise DataError(f"{row_name(i)}: empty label")
         if v.lower() in MISSING_LABELS:
             raise DataError(f"{row_name(i)}: missing label ({v!r})")
+    _refuse_numbers_spelled_twice(raw, row_name)
     if p.classes is not None:
         classes = list(p.classes)
     elif all(v.lstrip("-").isdigit() for v in raw):
         classes = [str(i) for i in range(max(int(v) for v in raw) + 1)]
+        empty = sorted(set(range(len(classes))) - {int(v) for v in raw})
+        if empty:
+            raise DataError(
+                f"{path}: labels are class indices 0..{len(classes) - 1}, but {len(empty)} of them have no "
+                f"rows ({', '.join(map(str, empty[:10]))}); a class with no samples cannot be learnt. Give "
+                "data.classes (the class names, in index order) or label with names"
+            )
     else:
         classes = sorted(set(raw))
     index = {c: i for i, c in enumerate(classes)}
@@ -350,11 +435,14 @@ def load_manifest_source(p: DataParams) -> Ingested:
         else:
             raise DataError(f"{row_name(i)}: label {v!r} is not a known class (classes: {classes})")
     paths = [str(v).strip() if v is not None else "" for v in df["path"].to_list()]
+    root = Path(p.manifest_root) if p.manifest_root else path.parent
     first: dict[str, int] = {}
     for i, rel in enumerate(paths):
         if rel in first:
             raise DataError(f"{row_name(i)}: path {rel!r} repeats {row_name(first[rel]).split(': ')[-1]}")
         first[rel] = i
+    wheres = [row_name(i) for i in range(len(paths))]
+    refuse_repeated_files([resolve_under(root, r, w) for r, w in zip(paths, wheres, strict=True)], wheres)
     labels_np = np.asarray(labels)
     if "split" in df.columns:
         split = [str(s).strip().lower() for s in df["split"].to_list()]
@@ -372,6 +460,15 @@ def load_manifest_source(p: DataParams) -> Ingested:
         rels = [paths[i] for i in ix]
         frames[name] = _split_frame(root, ix, rels, labels_np[ix], [row_name(i) for i in ix], p.stream)
     return Ingested(frames["train"], frames["test"], classes, "manifest")
+
+
+def file_root(p: DataParams) -> Path | None:
+    """The folder an ingested `source_path` is relative to (None for sources without files)."""
+    if p.source == "imagefolder":
+        return Path(p.root)
+    if p.source == "manifest":
+        return Path(p.manifest_root) if p.manifest_root else Path(p.root).parent
+    return None
 
 
 SOURCES = {
