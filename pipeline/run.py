@@ -554,8 +554,6 @@ def run_train(
             out.write_table(history_out, history, POOL_HISTORY, names)
             out.write_csv(log_out, pl.DataFrame(res.log))
             out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
-        if checkpoint is not None:  # scratch for a killed run; the stage has finished
-            checkpoint.unlink(missing_ok=True)
         last, best = res.log[-1]["test_acc"], max(r["test_acc"] for r in res.log)
         share = sim_seconds / max(res.seconds, 1e-9)
         print(
@@ -801,8 +799,6 @@ def run_retrain(
     with staged_outputs() as out:
         out.write_json(summary_out, summary)
         out.write_csv(log_out, pl.DataFrame(res.log))
-    if checkpoint is not None:  # scratch for a killed run; the stage has finished
-        checkpoint.unlink(missing_ok=True)
     print(f"retrain: CE on {len(sub)} cleaned samples: test_acc {summary['test_acc_last']:.4f}")
 
 

@@ -181,17 +181,3 @@ def test_exp_run_with_set_param(repo):
     )
     exp = table.filter(pl.col("rev") != "workspace").filter(pl.col("Experiment").is_not_null())
     assert exp.height >= 1 and set(exp["methods.ce.test_acc_last"]) != {"!"}, exp
-
-
-def test_checkpoints_are_scratch_and_a_checkout_after_an_experiment_is_clean(repo):
-    """A finished stage removes its checkpoint (no output of DVC's), so going back from an experiment with
-    `git checkout params.yaml dvc.lock && dvc checkout` leaves nothing to re-run."""
-    root, env = repo
-    assert not list(root.glob("checkpoints/*.pt"))
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-qm", "baseline"], root, env)
-    sh(["dvc", "exp", "run", "-S", "evaluate.gallery_size=3"], root, env)
-    sh(["git", "checkout", "params.yaml", "dvc.lock"], root, env)
-    sh(["dvc", "checkout"], root, env)
-    out = sh(["dvc", "status"], root, env).stdout
-    assert "up to date" in out, out
