@@ -29,9 +29,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(
-        f"| rows | sklearn s ({args.queries} queries) | faiss s | sklearn / faiss | full search, faiss s |"
-    )
+    print(f"| rows | sklearn s ({args.queries} queries) | faiss s | sklearn / faiss | full search, faiss s |")
     print("|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
         x = rng.standard_normal((n, args.dim), dtype=np.float32)
