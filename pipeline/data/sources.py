@@ -282,9 +282,9 @@ def refuse_repeated_files(full: list[Path], wheres: list[str]) -> None:
         first[f] = i
 
 
-def _split_frame(root: Path, ids, rels: list[str], labels, wheres: list[str], stream: bool) -> pl.DataFrame:
-    """Read the files into an INGESTED frame, or (`stream`) keep their resolved paths for per-batch reads."""
-    full = [resolve_under(root, r, w) for r, w in zip(rels, wheres, strict=True)]
+def _split_frame(ids, rels: list[str], full: list[Path], labels, stream: bool) -> pl.DataFrame:
+    """Read the files (`full`: `rels` resolved by `resolve_under`) into an INGESTED frame, or (`stream`)
+    keep their resolved paths for per-batch reads."""
     if stream:
         return _frame(ids, labels, [None] * len(full), paths=rels, files=[str(f) for f in full])
     return _frame(ids, labels, [f.read_bytes() for f in full], paths=rels)
@@ -356,14 +356,13 @@ def load_imagefolder_source(p: DataParams) -> Ingested:
         ntr = len(rows["train"][0])
         ids = {"train": np.arange(ntr), "test": ntr + np.arange(len(rows["test"][0]))}
     every = [r for rels, _ in rows.values() for r in rels]
-    refuse_repeated_files(
-        [resolve_under(root, r, str(root / r)) for r in every], [str(root / r) for r in every]
-    )
+    resolved = {r: resolve_under(root, r, str(root / r)) for r in every}
+    refuse_repeated_files([resolved[r] for r in every], [str(root / r) for r in every])
     frames = {}
     for split, (rels, labels) in rows.items():
         if not rels:
             raise DataError(f"{root}: the {split} split is empty")
-        frames[split] = _split_frame(root, ids[split], rels, labels, [str(root / r) for r in rels], p.stream)
+        frames[split] = _split_frame(ids[split], rels, [resolved[r] for r in rels], labels, p.stream)
     return Ingested(frames["train"], frames["test"], classes, "imagefolder")
 
 
@@ -442,7 +441,8 @@ def load_manifest_source(p: DataParams) -> Ingested:
             raise DataError(f"{row_name(i)}: path {rel!r} repeats {row_name(first[rel]).split(': ')[-1]}")
         first[rel] = i
     wheres = [row_name(i) for i in range(len(paths))]
-    refuse_repeated_files([resolve_under(root, r, w) for r, w in zip(paths, wheres, strict=True)], wheres)
+    resolved = [resolve_under(root, r, w) for r, w in zip(paths, wheres, strict=True)]
+    refuse_repeated_files(resolved, wheres)
     labels_np = np.asarray(labels)
     if "split" in df.columns:
         split = [str(s).strip().lower() for s in df["split"].to_list()]
@@ -457,8 +457,9 @@ def load_manifest_source(p: DataParams) -> Ingested:
     for name, ix in (("train", tr), ("test", te)):
         if len(ix) == 0:
             raise DataError(f"{path}: the {name} split is empty")
-        rels = [paths[i] for i in ix]
-        frames[name] = _split_frame(root, ix, rels, labels_np[ix], [row_name(i) for i in ix], p.stream)
+        frames[name] = _split_frame(
+            ix, [paths[i] for i in ix], [resolved[i] for i in ix], labels_np[ix], p.stream
+        )
     return Ingested(frames["train"], frames["test"], classes, "manifest")
 
 
