@@ -17,7 +17,7 @@ import torch
 
 from pipeline.config import Params, TrainParams, validate_section
 from pipeline.data.memory import ImageData, load_split
-from pipeline.data.sources import ingest, subsample
+from pipeline.data.sources import ingest, require_watched, subsample
 from pipeline.distributed import Dist, device_for, from_env, process_group
 from pipeline.errors import ConfigError, DataError
 from pipeline.grad_similarity import grad_similarity
@@ -41,8 +41,12 @@ def require_two_classes(labels: pl.Series, names: list[str], where: str) -> None
 
 
 def run_ingest(params: Params, out_dir: Path) -> None:
-    """Load `params.data`, validate both splits with Great Expectations, write {train,test}.parquet."""
+    """Load `params.data`, validate both splits with Great Expectations, write {train,test}.parquet.
+
+    Inputs that dvc.yaml's `data.root` dependency does not cover are refused (`require_watched`), after the
+    data themselves are checked."""
     data = ingest(params.data)
+    require_watched(params.data)
     k = len(data.class_names)
     seen: dict[int, str] = {}
     for split, frame in (("train", data.train), ("test", data.test)):

@@ -361,6 +361,12 @@ INGEST = [
     ),
     F("label-file-wrong-length", noisy_label_file(np.zeros(19, dtype=np.int64)), "cifar_n.npy", "19 labels"),
     F(
+        "label-file-outside-root",  # good labels, but dvc.yaml watches data.root only
+        noisy_label_file(np.arange(20, dtype=np.int64) % 10),  # the fixture's own labels
+        "cifar_n.npy",
+        "outside data.root",
+    ),
+    F(
         "dotdot-path",
         manifest_source(rows=lambda r: [["../outside.png", "bird", "train"], *r[1:]]),
         "row 2",

@@ -481,6 +481,24 @@ SOURCES = {
 }
 
 
+def require_watched(p: DataParams) -> None:
+    """Refuse inputs that `dvc.yaml` cannot watch: its ingest stage lists `data.root` as a dependency (the
+    folder, or the manifest file), so a CIFAR-N label file outside that folder could change without
+    re-running anything.
+
+    Raises:
+        DataError: naming the label file and the root.
+    """
+    if not (p.noisy_labels and p.root) or not Path(p.root).is_dir():
+        return
+    root, labels = Path(p.root).resolve(), Path(p.noisy_labels).resolve()
+    if not labels.is_relative_to(root):
+        raise DataError(
+            f"data.noisy_labels: {p.noisy_labels} is outside data.root ({p.root}); dvc.yaml watches data.root "
+            "only, so a changed label file would not re-run the pipeline. Move the file under data.root"
+        )
+
+
 def ingest(p: DataParams) -> Ingested:
     """Load the configured source, then apply `data.max_per_split`."""
     out = SOURCES[p.source](p)
