@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import save_png, tiny_image, write_cifar10, write_manifest
 from e2e_run import ROOT, run_env, sh
 
