@@ -495,7 +495,8 @@ def require_watched(p: DataParams) -> None:
     if not labels.is_relative_to(root):
         raise DataError(
             f"data.noisy_labels: {p.noisy_labels} is outside data.root ({p.root}); dvc.yaml watches "
-            "data.root only, so a changed label file would not re-run the pipeline. Move the file under data.root"
+            "data.root only, so a changed label file would not re-run the pipeline. Move the file under "
+            "data.root"
         )
 
 
