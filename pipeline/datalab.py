@@ -20,7 +20,7 @@ import polars as pl
 from pipeline.config import DatalabParams, Params
 from pipeline.io import read_table, staged_outputs
 from pipeline.schemas import DATALAB, INGESTED
-from pipeline.validation import validate
+from pipeline.validation import check_values
 
 
 def find_data_issues(features: np.ndarray, sample_ids: np.ndarray, opts: DatalabParams) -> pl.DataFrame:
@@ -100,7 +100,7 @@ def run_datalab(params: Params, ingested_dir: Path, embeddings: Path, out: Path)
     issues = find_data_issues(np.concatenate([feats.train, feats.test]), ids, params.datalab)
     split = pl.Series("split", ["train"] * train.height + ["test"] * test.height, dtype=pl.String)
     issues = issues.insert_column(1, split)
-    validate(issues, DATALAB, len(names), str(out))
+    check_values(issues, DATALAB, len(names), str(out))
     with staged_outputs() as outs:
         outs.write_table(out, issues, DATALAB, names)
     s = summarise(issues)

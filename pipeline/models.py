@@ -1,10 +1,14 @@
-"""Build any timm backbone: random init for small images, or pretrained weights from timm's hub or a file."""
+"""Build any timm backbone: random init for small images, or pretrained weights from timm's hub or a file.
+
+timm is imported inside the functions that build a model: importing it costs ~2.5 s, and the stages that
+only read score tables or features (ingest, clean, detect, evaluate) import this module through the method
+registry without building a network.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
 import torch
 from torch import nn
 
@@ -36,6 +40,8 @@ def resolve_pretrained(backbone: str, pretrained: bool | str, key: str) -> Pretr
     """
     if pretrained is False:
         return None
+    import timm
+
     cfg = timm.models.get_pretrained_cfg(backbone)
     mean = tuple((cfg.mean if cfg else None) or (0.485, 0.456, 0.406))
     std = tuple((cfg.std if cfg else None) or (0.229, 0.224, 0.225))
@@ -53,6 +59,8 @@ def create_pretrained(
     (loaded through timm's `pretrained_cfg_overlay=dict(file=...)`: classifier reset to `num_classes`, first
     conv adapted to `in_chans`). `key` names the params setting in every error.
     """
+    import timm
+
     if pretrained is True:
         try:
             return timm.create_model(
@@ -139,6 +147,8 @@ def build_model(cfg: TrainParams, num_classes: int, in_chans: int, seed: int) ->
         in_chans: 1 (grayscale) or 3.
         seed: initialisation seed.
     """
+    import timm
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -26,7 +26,7 @@ from pipeline.methods import REGISTRY, scores_frame
 from pipeline.noise import apply_noise, noise_report
 from pipeline.schemas import CLEANED, INGESTED, NOISY, OOF_PROBS, POOL_HISTORY, SCORES
 from pipeline.train import FitResult, TrainContext, fit, resolve_device
-from pipeline.validation import validate
+from pipeline.validation import check_values, validate
 
 
 # ----------------------------------------------------------------------------------------------- ingest
@@ -329,7 +329,7 @@ def run_detect(
         flag_threshold=params.train.flag_threshold, extra=res.extra,
     )  # fmt: skip
     schema = SCORES.with_extra(spec.columns)
-    validate(scores, schema, len(names), str(scores_out), rows=len(ids))
+    check_values(scores, schema, len(names), str(scores_out), rows=len(ids))
     test_acc = float((res.test_probs.argmax(1) == test["label"].to_numpy()).mean())
     flagged = scores["is_flagged"].to_numpy()
     truth = None if joined["true_label"].null_count() else joined["true_label"].to_numpy()
@@ -547,10 +547,10 @@ def run_train(
         )
         sim_seconds = time.perf_counter() - t0
         scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
-        validate(scores, SCORES, len(names), str(scores_out), rows=len(train))
+        check_values(scores, SCORES, len(names), str(scores_out), rows=len(train))
         history = output.history
         if history is not None:
-            validate(history, POOL_HISTORY, len(names), str(history_out))
+            check_values(history, POOL_HISTORY, len(names), str(history_out))
         else:
             history = POOL_HISTORY.arrow_schema().empty_table()
         with staged_outputs() as out:

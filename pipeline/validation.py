@@ -1,4 +1,8 @@
-"""Great Expectations suites built from `pipeline.schemas`, run on every table before it is written.
+"""Great Expectations suites built from `pipeline.schemas`, and the same checks in plain polars.
+
+GX (`validate`) runs on the tables that cross a boundary before they are written: the ingested images, the
+noisy labels, the cleaned label file. `check_values` runs the same column checks in polars on every table a
+stage reads, and on the score tables the training and detector stages write.
 
 Each column's declared properties become expectations (not null, unique, in range, label in [0, K-1],
 in the allowed set); table rules add derived checks (image decodable, probabilities sum to 1, relabel
@@ -107,18 +111,33 @@ RULES: dict[str, tuple[Rule, ...]] = {
 }
 
 
-def check_values(frame: pl.DataFrame, schema: TableSchema, num_classes: int | None, where: str) -> None:
-    """The suite's checks in plain polars: what every reader runs on a table it loads.
+def check_values(
+    frame: pl.DataFrame,
+    schema: TableSchema,
+    num_classes: int | None,
+    where: str,
+    *,
+    rows: int | None = None,
+) -> None:
+    """The suite's checks in plain polars: what every reader runs on a table it loads, and what the training
+    and detector stages run on the score tables they write.
 
-    The Great Expectations suite (`validate`) runs on every table before it is written; this repeats its
-    column checks (not null or NaN, unique, label in [0, K-1], in range, in the allowed set) and the cheap
-    table rules on read, so a table damaged or edited after it was written fails the stage that reads it.
+    The Great Expectations suite (`validate`) runs where data cross a boundary: what comes in (ingest), the
+    noisy labels (noise) and what goes out (clean). This repeats its column checks (not null or NaN, unique,
+    label in [0, K-1], in range, in the allowed set) and the cheap table rules, so a table damaged or edited
+    after it was written fails the stage that reads it. It costs milliseconds where a first GX validation in
+    a process costs seconds (the import and the context).
+
+    Args:
+        rows: when given, the table must have exactly this many rows (one per training sample).
 
     Raises:
         ValidationFailed: naming `where` (the file), every failed check and up to 10 failing sample ids.
     """
     if frame.height == 0:
         raise ValidationFailed(f"{where}: table '{schema.name}' is empty")
+    if rows is not None and frame.height != rows:
+        raise ValidationFailed(f"{where}: table '{schema.name}' has {frame.height} rows, expected {rows}")
     present = [c for c in schema.columns + schema.extra_columns if c.name in frame.columns]
     if num_classes is not None and num_classes < 2 and any(c.is_label for c in present):
         raise ValidationFailed(f"{where}: {num_classes} class(es); label cleaning needs at least 2")
