@@ -112,6 +112,28 @@ def agreement_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers `dvc metrics show` prints (`reports/summary.json`), taken from `collect_metrics`'s
+    result: per method the final test accuracy and, when the truth is known, the detection F1 and AUROC; the
+    noise rate realised and estimated; what cleaning changed and the label accuracy before and after; the
+    retrained test accuracy. Everything else stays in `reports/metrics.json`."""
+    methods = {}
+    for m, row in metrics["methods"].items():
+        det = row.get("detection") or {}
+        methods[m] = {"test_acc_last": row["test_acc_last"]} | {
+            k: det[k] for k in ("f1", "auroc") if k in det
+        }
+    cl = metrics["cleaning"]
+    return {
+        "noise": {k: metrics["noise"][k] for k in ("realised_rate", "estimated_rate")},
+        "methods": methods,
+        "cleaning": {
+            k: cl[k] for k in ("relabel", "drop", "label_accuracy_before", "label_accuracy_after") if k in cl
+        },
+        "retrain": {"test_acc_last": metrics["retrain"]["test_acc_last"]},
+    }
+
+
 def collect_metrics(
     noisy: pl.DataFrame,
     scores: dict[str, pl.DataFrame],

@@ -826,13 +826,17 @@ def run_evaluate(
     report_out: Path,
     agreement_path: Path | None = None,
     datalab_path: Path | None = None,
+    summary_out: Path | None = None,
 ) -> None:
     """Compute metrics, write DVC metrics/plots and the HTML report.
+
+    `metrics_out` gets every figure; `summary_out` (when given) the headline ones that `dvc metrics show`
+    prints (`pipeline.evaluate.headline`).
 
     `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1), `datalab_path` the `datalab`
     stage's near duplicates and outliers; each skipped when None.
     """
-    from pipeline.evaluate import collect_metrics, pr_curve
+    from pipeline.evaluate import collect_metrics, headline, pr_curve
     from pipeline.report import render_report
 
     noisy, names = read_table(noisy_path, NOISY)
@@ -884,6 +888,8 @@ def run_evaluate(
     )
     with staged_outputs() as out:
         out.write_json(metrics_out, metrics)
+        if summary_out is not None:
+            out.write_json(summary_out, headline(metrics))
         for m, curve in curves.items():
             if curve is not None:
                 out.write_csv(plots_dir / f"{m}.csv", curve)

@@ -1,4 +1,5 @@
-"""Stage evaluate: metrics.json, DVC plot data and report.html from every earlier output."""
+"""Stage evaluate: metrics.json (every figure), summary.json (the headline ones), DVC plot data and
+report.html from every earlier output."""
 
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ def _args(p):
     p.add_argument("--cleaned", type=Path, default=Path("cleaned/labels.parquet"))
     p.add_argument("--retrain", type=Path, default=Path("reports/retrain.json"))
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    p.add_argument("--summary", type=Path, default=Path("reports/summary.json"))
     p.add_argument("--plots-dir", type=Path, default=Path("reports/plots/pr"))
     p.add_argument("--report", type=Path, default=Path("reports/report.html"))
     p.add_argument(
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
             a.report,
             a.gal_agreement if str(a.gal_agreement) not in ("", ".") else None,
             a.datalab if str(a.datalab or "") not in ("", ".") else None,
+            a.summary,
         ),
         argv,
     )

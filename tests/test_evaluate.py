@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.data.images import encode_png
-from pipeline.evaluate import collect_metrics, detection_metrics, pr_curve, similarity_detection
+from pipeline.evaluate import collect_metrics, detection_metrics, headline, pr_curve, similarity_detection
 from pipeline.report import render_report
 from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES
 
@@ -287,6 +287,35 @@ def test_collect_metrics_nan_becomes_null(params) -> None:
     assert m["methods"]["ce"]["detection"]["auroc"] is None
     assert m["cleaning"]["drop_precision"] == 0.0
     json.dumps(m, allow_nan=False)
+
+
+def test_headline_keeps_the_few_numbers_dvc_metrics_show_prints(params) -> None:
+    m = collect_metrics(noisy_frame(), all_scores(), logs(), cleaned_frame(), RETRAIN, REPORT, params)
+    h = headline(m)
+    assert h == {
+        "noise": {"realised_rate": 0.5, "estimated_rate": None},
+        "methods": {
+            "ce": {
+                "test_acc_last": pytest.approx(0.7),
+                "f1": pytest.approx(2 / 3),
+                "auroc": pytest.approx(8 / 9),
+            },
+            "alt": {"test_acc_last": m["methods"]["alt"]["test_acc_last"], "f1": 1.0, "auroc": 1.0},
+        },
+        "cleaning": {
+            "relabel": 2,
+            "drop": 1,
+            "label_accuracy_before": pytest.approx(0.5),
+            "label_accuracy_after": pytest.approx(4 / 5),
+        },
+        "retrain": {"test_acc_last": 0.85},
+    }
+    # truth unknown: no detection figures, no label accuracies, still a valid summary
+    unknown = dict(REPORT, kind="none", realised_rate=None)
+    h = headline(
+        collect_metrics(noisy_frame(False), all_scores(), logs(), cleaned_frame(), RETRAIN, unknown, params)
+    )
+    assert set(h["methods"]["ce"]) == {"test_acc_last"} and set(h["cleaning"]) == {"relabel", "drop"}
 
 
 # ------------------------------------------------------------------------------------------------ report
