@@ -1,0 +1,134 @@
+"""Does cleaning pay for the model trained on it? CE on the noisy labels against CE on the cleaned labels,
+per CIFAR-N label set, with a params file's own pipeline (by default the real-noise preset).
+
+For each label set (`data.noisy_label_key`) the script runs the preset's stages through their pipeline
+functions, as `dvc repro` would with `methods: [ce]`: ingest, embed (once: the images, and so the
+features, are the same for every label set), the noise estimate, the `clean.methods` detectors, CE on
+the noisy labels, clean, and the retrain on the cleaned labels. It prints (and with `--out` writes) a
+markdown table: the true and estimated rate, the share changed, the label accuracy before and after
+cleaning, and the two test accuracies.
+
+    python -m stages.weights --out models/efficientnet_lite0.safetensors   # once: the preset's weights
+    python bench/bench_clean_retrain.py --params presets/cifar10n_cpu.yaml \
+        --keys worse_label,random_label1,aggre_label --out /tmp/clean_retrain.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from pipeline.config import parse_params  # noqa: E402
+from pipeline.io import read_table  # noqa: E402
+from pipeline.run import (  # noqa: E402
+    run_clean,
+    run_detect,
+    run_embed,
+    run_ingest,
+    run_noise,
+    run_retrain,
+    run_train,
+)
+from pipeline.schemas import CLEANED, NOISY  # noqa: E402
+
+
+def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tuple[dict, Path]:
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["noisy_label_key"] = key
+    raw["methods"] = ["ce"]
+    params = parse_params(raw)
+    d = work / key
+    shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    run_ingest(params, d / "ingested")
+    emb = d / "embeddings.parquet"
+    if features is None:
+        run_embed(params, d / "ingested", emb)
+    else:
+        shutil.copy(features, emb)
+    noisy, report = d / "noisy/train.parquet", d / "noisy/noise_report.json"
+    oof = d / "noisy/oof_probs.parquet"  # the train stage looks for these two beside the noisy table
+    run_noise(params, d / "ingested", noisy, report, oof, emb)
+    for det in params.detectors:
+        run_detect(
+            params, det, d / "ingested", noisy, emb, d / f"scores/{det}.parquet", d / f"logs/{det}.csv",
+            oof, report,
+        )  # fmt: skip
+    run_train(
+        params, "ce", d / "ingested", noisy, d / "scores/ce.parquet", d / "logs/ce.csv", None,
+        d / "logs/steps/ce.csv", d / "scores/history.parquet",
+    )  # fmt: skip
+    run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
+    run_retrain(
+        params, d / "ingested", noisy, d / "cleaned/labels.parquet", d / "retrain.json",
+        d / "logs/retrain.csv", None,
+    )  # fmt: skip
+    truth, _ = read_table(noisy, NOISY)
+    cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
+    c = cleaned.join(truth.select("sample_id", "true_label"), on="sample_id")
+    kept = c.filter(pl.col("action") != "drop")
+    row = {
+        "labels": key,
+        "true rate": float((c["given_label"] != c["true_label"]).mean()),
+        "estimated": json.loads(report.read_text())["estimate"]["rate"],
+        "changed": float((c["action"] != "keep").mean()),
+        "relabel / drop": f"{int((c['action'] == 'relabel').sum())} / {int((c['action'] == 'drop').sum())}",
+        "label acc: noisy → kept": f"{(c['given_label'] == c['true_label']).mean():.3f} → "
+        f"{(kept['cleaned_label'] == kept['true_label']).mean():.3f}",
+        "CE test acc: noisy labels": float(pl.read_csv(d / "logs/ce.csv")["test_acc"][-1]),
+        "CE test acc: cleaned labels": json.loads((d / "retrain.json").read_text())["test_acc_last"],
+        "s": time.perf_counter() - t0,
+    }
+    return row, emb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("presets/cifar10n_cpu.yaml"))
+    ap.add_argument("--keys", default="worse_label,random_label1,aggre_label")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gradclean-clean-retrain"))
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--max-per-split", type=int, default=None, help="a quick check on fewer images")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (a quick check)")
+    a = ap.parse_args()
+    raw = yaml.safe_load(a.params.read_text())
+    if a.max_per_split:
+        raw["data"]["max_per_split"] = a.max_per_split
+    if a.epochs:
+        raw["train"]["epochs"] = a.epochs
+    rows, features = [], None
+    for key in a.keys.split(","):
+        row, features = one_label_set(raw, key, a.work, features)
+        rows.append(row)
+        print(row, flush=True)
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [
+        f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"CPU threads, torch {torch.__version__}",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
