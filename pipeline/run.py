@@ -497,12 +497,15 @@ def run_train(
     steps_out: Path,
     history_out: Path,
     *,
+    noise_report: Path | None = None,
+    oof_path: Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> None:
     """Train one registry method on the noisy labels; write its score table, epoch log, step log and
     pool-history table (GSS with `history: true`; a table with no rows otherwise).
 
-    The noise estimate is read from `noise_report.json` and `oof_probs.parquet` beside `noisy_path`.
+    The noise estimate is read from the noise stage's `noise_report` and `oof_path` (the stage passes both
+    as flags; a library caller that leaves them out gets the noise stage's file names beside `noisy_path`).
     Under `torchrun --nproc-per-node N` the N ranks train together (`pipeline.distributed`) and rank 0
     alone writes.
     """
@@ -518,7 +521,10 @@ def run_train(
     with process_group(dist, device):
         train, test, names = load_training_data(ingested_dir, noisy_path, params.train, device)
         rate, oof = load_estimate(
-            noisy_path.parent / "noise_report.json", noisy_path.parent / "oof_probs.parquet", train, device
+            noise_report or noisy_path.parent / "noise_report.json",
+            oof_path or noisy_path.parent / "oof_probs.parquet",
+            train,
+            device,
         )
         method, ctx, res = train_method(
             name,
@@ -827,8 +833,11 @@ def run_evaluate(
     agreement_path: Path | None = None,
     datalab_path: Path | None = None,
     summary_out: Path | None = None,
+    retrain_log: Path | None = None,
 ) -> None:
     """Compute metrics, write DVC metrics/plots and the HTML report.
+
+    `retrain_log` is the retrain stage's epoch log (its test-accuracy curve in the report; skipped when None).
 
     `metrics_out` gets every figure; `summary_out` (when given) the headline ones that `dvc metrics show`
     prints (`pipeline.evaluate.headline`).
@@ -876,9 +885,7 @@ def run_evaluate(
         scores=scores,
         logs=logs,
         cleaned=cleaned,
-        retrain_log=read_csv(logs_dir / "retrain.csv", ("epoch", "test_acc"), "retrain log")
-        if (logs_dir / "retrain.csv").is_file()
-        else None,
+        retrain_log=read_csv(retrain_log, ("epoch", "test_acc"), "retrain log") if retrain_log else None,
         report=report,
         class_names=names,
         images=train_images,

@@ -17,6 +17,7 @@ def _args(p):
     p.add_argument("--retrain", type=Path, default=Path("reports/retrain.json"))
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
     p.add_argument("--summary", type=Path, default=Path("reports/summary.json"))
+    p.add_argument("--retrain-log", type=Path, default=Path("logs/retrain.csv"), help="'' = no curve")
     p.add_argument("--plots-dir", type=Path, default=Path("reports/plots/pr"))
     p.add_argument("--report", type=Path, default=Path("reports/report.html"))
     p.add_argument(
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
             a.gal_agreement if str(a.gal_agreement) not in ("", ".") else None,
             a.datalab if str(a.datalab or "") not in ("", ".") else None,
             a.summary,
+            a.retrain_log if str(a.retrain_log) not in ("", ".") else None,
         ),
         argv,
     )

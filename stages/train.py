@@ -11,6 +11,8 @@ def _args(p):
     p.add_argument("method", help="registry name, e.g. ce")
     p.add_argument("--ingested", type=Path, default=Path("data/ingested"))
     p.add_argument("--noisy", type=Path, default=Path("data/noisy/train.parquet"))
+    p.add_argument("--noise-report", type=Path, default=Path("data/noisy/noise_report.json"))
+    p.add_argument("--oof", type=Path, default=Path("data/noisy/oof_probs.parquet"), help="out-of-fold probs")
     p.add_argument("--scores-dir", type=Path, default=Path("scores"))
     p.add_argument("--logs-dir", type=Path, default=Path("logs"))
     p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
             a.checkpoint_dir / f"{a.method}.pt",
             a.steps_dir / f"{a.method}.csv",
             a.history_dir / f"{a.method}.parquet",
+            noise_report=a.noise_report,
+            oof_path=a.oof,
         ),
         argv,
     )
