@@ -31,8 +31,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from pipeline.config import parse_params  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
+from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import (  # noqa: E402
     run_clean,
     run_detect,

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import load_params  # noqa: E402
 from pipeline.data.memory import load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
 from pipeline.evaluate import detection_metrics, similarity_detection  # noqa: E402
@@ -44,6 +43,7 @@ from pipeline.grad_similarity import grad_similarity  # noqa: E402
 from pipeline.methods import scores_frame  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.run import train_method  # noqa: E402
 from pipeline.train import resolve_device  # noqa: E402
 

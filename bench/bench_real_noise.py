@@ -27,7 +27,6 @@ import torch  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
 from pipeline.clean import clean_labels  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
 from pipeline.data.sources import ingest, load_noisy_label_file  # noqa: E402
 from pipeline.detectors import DETECTORS, DetectorInput  # noqa: E402
 from pipeline.detectors.probe import _fit, _proba  # noqa: E402
@@ -35,6 +34,7 @@ from pipeline.embed import _normalised, embed_images, features_of  # noqa: E402
 from pipeline.methods.base import score_table  # noqa: E402
 from pipeline.models import create_pretrained, resolve_pretrained  # noqa: E402
 from pipeline.noise.estimate import estimate_noise  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.run import _stored_images  # noqa: E402
 
 KEYS = ("worse_label", "random_label1", "aggre_label")

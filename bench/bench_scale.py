@@ -43,11 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.config import Params  # noqa: E402
 from pipeline.data.memory import ImageData, load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
 from pipeline.methods import REGISTRY  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.run import train_method  # noqa: E402
 from pipeline.train import resolve_device  # noqa: E402
 

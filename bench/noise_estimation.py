@@ -16,11 +16,11 @@ from pathlib import Path
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_params  # noqa: E402
 from pipeline.data.memory import load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.train import resolve_device  # noqa: E402
 
 SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.4), ("pairflip", 0.3)]

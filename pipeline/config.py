@@ -287,45 +287,7 @@ class Params(Strict):
         return self.methods + self.detectors
 
     @model_validator(mode="after")
-    def _methods_known(self) -> Params:
-        from pipeline.detectors import DETECTORS
-        from pipeline.methods import REGISTRY
-
-        for key, names in (("methods", self.methods), ("detectors", self.detectors)):
-            known = REGISTRY if key == "methods" else DETECTORS
-            for m in names:
-                if m not in known:
-                    raise ValueError(f"{key}: unknown {key[:-1]} '{m}' (known: {sorted(known)})")
-            if len(set(names)) != len(names):
-                raise ValueError(f"{key}: a name is listed twice in {names}")
-        for m in self.clean.methods:
-            if m not in REGISTRY and m not in DETECTORS:
-                raise ValueError(
-                    f"clean.methods: unknown method '{m}' (known: {sorted(REGISTRY) + sorted(DETECTORS)})"
-                )
-        for section, known, what in (("method", REGISTRY, "method"), ("detector", DETECTORS, "detector")):
-            for m, opts in getattr(self, section).items():
-                if m not in known:
-                    raise ValueError(f"{section}.{m}: unknown {what} '{m}' (known: {sorted(known)})")
-                try:
-                    known[m].options.model_validate(opts or {})
-                except ValidationError as e:
-                    raise ValueError(_format(e, f"{section}.{m}")) from None
-        for m in self.methods:
-            opts = REGISTRY[m].options.model_validate(self.method.get(m) or {})
-            warmups = opts.warmups() if hasattr(opts, "warmups") else {}  # {option key: epochs}
-            for key, value in warmups.items():
-                if value >= self.train.epochs:
-                    raise ValueError(
-                        f"method.{m}.{key}: {value} warm-up epochs leave none of train.epochs "
-                        f"({self.train.epochs})"
-                    )
-        warm = REGISTRY["gal"].options.model_validate(self.method.get("gal") or {}).warmup_epochs
-        if self.gal_agreement.rates and self.gal_agreement.epochs <= warm:
-            raise ValueError(
-                f"gal_agreement.epochs: {self.gal_agreement.epochs} leaves no step after GAL's warm-up "
-                f"(method.gal.warmup_epochs: {warm})"
-            )
+    def _consistent(self) -> Params:
         for key in ("resume", "progress"):  # `run:` applies unless `train:` gives the key itself
             if getattr(self.run, key) is not None and key not in self.train.model_fields_set:
                 setattr(self.train, key, getattr(self.run, key))
@@ -339,11 +301,6 @@ class Params(Strict):
             raise ValueError(
                 f"train.milestones: {self.train.milestones} must be increasing epochs in [1, train.epochs = "
                 f"{self.train.epochs}]"
-            )
-        missing = [m for m in self.clean.methods if m not in self.scored]
-        if missing:
-            raise ValueError(
-                f"clean.methods: {missing} are not in `methods` or `detectors`, so no scores will exist"
             )
         return self
 
@@ -363,16 +320,19 @@ def _format(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
-    """Validate a params mapping; raise ConfigError naming every bad key."""
+def parse_sections(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping section by section; raise ConfigError naming every bad key.
+
+    The method and detector names and options are checked by `pipeline.params.parse_params`, which is what
+    callers use: this module is data and knows no method."""
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params.yaml."""
+def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read a params.yaml into a mapping (duplicate keys, an empty file and bad YAML refused by name)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
@@ -387,7 +347,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return parse_params(raw, str(path))
+    return raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

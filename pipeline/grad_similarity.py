@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.data.memory import ImageData
+from pipeline.models import FeaturesAndLogits, features_and_logits  # noqa: F401 (re-exported)
 from pipeline.train import TrainContext
 
 
@@ -122,34 +123,6 @@ def similarity_weights(
         mean = (s * has).sum() / has.sum().clamp_min(1)
         s = torch.where(count > 0, s, torch.where(has.sum() > 0, mean, torch.ones_like(mean)))
     return s / s.sum()
-
-
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features h (B, D) and logits (B, K) of a timm classifier in one forward pass.
-
-    Raises:
-        ValueError: the model's classifier is not an `nn.Linear` (the closed form needs one).
-    """
-    head = model.get_classifier()
-    if not isinstance(head, nn.Linear):
-        raise ValueError(
-            f"gradient similarity needs a linear classifier; {type(model).__name__} has "
-            f"{type(head).__name__} (choose another train.backbone)"
-        )
-    h = model.forward_head(model.forward_features(x), pre_logits=True)
-    return h, head(h)
-
-
-class FeaturesAndLogits(nn.Module):
-    """`features_and_logits` as a module, so a DDP wrapper or `torch.compile` can run it (its state_dict
-    keys are the network's under `net.`; the methods keep and save the network itself)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return features_and_logits(self.net, x)
 
 
 @torch.no_grad()

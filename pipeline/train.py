@@ -22,6 +22,7 @@ from pipeline.config import TrainParams
 from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices, to_device
 from pipeline.distributed import Dist, ShardedForward, wrap_ddp
 from pipeline.errors import ConfigError
+from pipeline.models import FeaturesAndLogits, build_model, resolve_pretrained
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,8 +87,6 @@ class TrainContext:
             size = self.cfg.image_size if self.cfg.stored_size != self.cfg.image_size else None
             pre = None
             if self.cfg.pretrained is not False:
-                from pipeline.models import resolve_pretrained
-
                 pre = resolve_pretrained(self.cfg.backbone, self.cfg.pretrained, "train.pretrained")
             self.normalize = (
                 Normalizer.fit(self.train.images, size)
@@ -108,8 +107,6 @@ class TrainContext:
         if key not in self._runners:
             module = net
             if features:
-                from pipeline.grad_similarity import FeaturesAndLogits
-
                 module = FeaturesAndLogits(net)
             if self.dist.active:
                 module = wrap_ddp(module, self.dist, self.device, self.cfg.sync_bn)
@@ -147,8 +144,6 @@ def build_nets(ctx: TrainContext, count: int, first_seed: int | None = None) -> 
 
     `first_seed` defaults to `ctx.seed`.
     """
-    from pipeline.models import build_model
-
     seed = ctx.seed if first_seed is None else first_seed
     nets = [build_model(ctx.cfg, ctx.num_classes, ctx.in_chans, seed + i) for i in range(count)]
     nets = [n.to(ctx.device) for n in nets]

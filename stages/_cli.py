@@ -18,8 +18,8 @@ def run_stage(
     argv: list[str] | None = None,
 ) -> int:
     """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2."""
-    from pipeline.config import load_params
     from pipeline.errors import GradcleanError
+    from pipeline.params import load_params
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")

@@ -11,11 +11,10 @@ from pipeline.config import (
     DataParams,
     NoiseParams,
     Params,
-    load_params,
-    parse_params,
     validate_section,
 )
 from pipeline.errors import ConfigError
+from pipeline.params import load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -95,8 +95,8 @@ def test_probe_input_checks():
     ],
 )
 def test_detector_params_are_checked_by_name(raw, message):
-    from pipeline.config import parse_params
     from pipeline.errors import ConfigError
+    from pipeline.params import parse_params
 
     with pytest.raises(ConfigError) as e:
         parse_params(raw)

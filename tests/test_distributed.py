@@ -133,7 +133,7 @@ def test_from_env_reads_torchrun_and_refuses_nonsense():
 
 
 def test_batch_too_small_for_the_ranks_is_refused(noisy_workspace, tmp_path, monkeypatch):
-    from pipeline.config import load_params
+    from pipeline.params import load_params
     from pipeline.run import run_train
 
     params = load_params(noisy_workspace / "params.yaml")

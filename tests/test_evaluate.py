@@ -14,9 +14,9 @@ import pytest
 from conftest import tiny_image
 from PIL import Image
 
-from pipeline.config import parse_params
 from pipeline.data.images import encode_png
 from pipeline.evaluate import collect_metrics, detection_metrics, headline, pr_curve, similarity_detection
+from pipeline.params import parse_params
 from pipeline.report import render_report
 from pipeline.schemas import CLEANED, INGESTED, NOISY, SCORES
 

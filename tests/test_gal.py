@@ -491,8 +491,8 @@ def test_agreement_summary_takes_the_last_epoch_per_rate():
 def test_paper_preset_is_valid_and_builds_the_preact_backbone():
     from pathlib import Path
 
-    from pipeline.config import load_params
     from pipeline.models import build_model
+    from pipeline.params import load_params
 
     p = load_params(Path(__file__).resolve().parents[1] / "presets" / "gal_cifar10.yaml")
     t, g = p.train, REGISTRY["gal"].options.model_validate(p.method["gal"])

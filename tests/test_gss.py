@@ -10,7 +10,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 from test_train import digits_data, make_ctx, trained_at_40
 
-from pipeline.config import parse_params
 from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.methods.dividemix import DivideMixOptions, gmm_clean_probability, sharpen
@@ -24,6 +23,7 @@ from pipeline.methods.gss import (
     sample_pools,
     update_pools,
 )
+from pipeline.params import parse_params
 from pipeline.schemas import POOL_HISTORY, SCORES
 from pipeline.train import fit, predict
 from pipeline.validation import validate
@@ -264,7 +264,7 @@ def test_gss_sb_and_db_beat_ce_at_40_percent_noise():
 def test_paper_preset_is_valid_and_has_the_papers_settings():
     from pathlib import Path
 
-    from pipeline.config import load_params
+    from pipeline.params import load_params
 
     p = load_params(Path(__file__).resolve().parents[1] / "presets" / "gss_cifar10.yaml")
     t = p.train

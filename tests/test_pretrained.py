@@ -9,10 +9,10 @@ import timm
 import torch
 from helpers import TINY_ARCH, digits, pretrained_cfg, tiny_weights
 
-from pipeline.config import parse_params
 from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY
 from pipeline.models import build_model
+from pipeline.params import parse_params
 from pipeline.train import TrainContext, fit, make_optimizer, make_scheduler
 
 CPU = torch.device("cpu")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import parse_params
 from pipeline.methods import REGISTRY
+from pipeline.params import parse_params
 from pipeline.run import run_ingest, run_noise, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def _train(name: str, data: Path, out: Path, resume: bool) -> Path:
 KILLER = """
 import json, os, signal, sys
 from pathlib import Path
-from pipeline.config import parse_params
+from pipeline.params import parse_params
 from pipeline.run import run_train
 
 raw, name, data, out, kill_at = json.loads(sys.argv[1])

@@ -692,8 +692,8 @@ def test_manifest_numbers_spelled_two_ways_and_index_gaps_are_refused(manifest: 
 
 
 def test_repeated_class_names_are_refused() -> None:
-    from pipeline.config import parse_params
     from pipeline.errors import ConfigError
+    from pipeline.params import parse_params
 
     with pytest.raises(ConfigError, match=r"data.classes: \['cat'\] listed more than once"):
         parse_params({"data": {"source": "manifest", "root": "m.csv", "classes": ["cat", "dog", "cat"]}})

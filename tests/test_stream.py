@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import parse_params
 from pipeline.data.memory import ImageData
 from pipeline.data.stream import StreamedImages
 from pipeline.errors import DataError
 from pipeline.io import read_table
 from pipeline.methods import REGISTRY
+from pipeline.params import parse_params
 from pipeline.run import load_training_data, run_ingest, run_noise, run_train
 from pipeline.schemas import INGESTED, SCORES
 
