@@ -289,7 +289,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------ the fast subset
+# Modules whose tests train networks (or run stages that do): marked `train`, so `-m "not train"` is a quick
+# subset (CONTRIBUTING.md). The full suite is the README's command.
+TRAINING_MODULES = {
+    "test_clean_policy",
+    "test_distributed",
+    "test_e2e",
+    "test_embed_stages",
+    "test_gal",
+    "test_golden",
+    "test_gradsim",
+    "test_gss",
+    "test_jocor_coteaching_cl",
+    "test_pretrained",
+    "test_reliability",
+    "test_stream",
+    "test_train",
+    "test_weights",
+}
+
+
+def pytest_itemcollected(item) -> None:
+    if item.path.stem in TRAINING_MODULES:
+        item.add_marker(pytest.mark.train)
+
+
 # ------------------------------------------------------------------- e2e run overlapping the other tests
+@pytest.hookimpl(trylast=True)  # after `-m` / `-k` deselection: no background run for deselected e2e tests
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Run the e2e tests last (on one xdist worker: they share one repo) and start their `dvc repro` now, in
     the background (see `e2e_run.py`)."""
