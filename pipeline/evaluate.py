@@ -96,7 +96,7 @@ def agreement_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
     """Final-epoch means of the Figure-1 sweep (`logs/gal_agreement.csv`), keyed by noise rate.
 
     Args:
-        table: rows of `pipeline.run.AGREEMENT_COLUMNS`.
+        table: rows of `pipeline.schemas.AGREEMENT_COLUMNS`.
 
     Returns:
         {"0.2": {"realised_rate", "gate_ratio", "unit_gate_ratio", "mean_cosine"}, ...}, rates ascending;

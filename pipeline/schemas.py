@@ -433,3 +433,17 @@ CLEANED = TableSchema(
         ),
     ),
 )
+
+
+# GAL's Figure-1 table (logs/gal_agreement.csv), written by the gal_agreement stage, read by evaluate
+AGREEMENT_COLUMNS = [
+    "noise_rate",
+    "realised_rate",
+    "step",
+    "epoch",
+    "loss",
+    "agreement_ratio",
+    "gate_ratio",
+    "unit_gate_ratio",
+    "mean_cosine",
+]

@@ -17,7 +17,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_clean
+    from pipeline.runs.clean import run_clean
 
     return run_stage(
         __doc__,

@@ -20,7 +20,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_detect
+    from pipeline.runs.detect import run_detect
 
     return run_stage(
         __doc__,

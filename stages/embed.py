@@ -12,7 +12,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_embed
+    from pipeline.runs.embed import run_embed
 
     return run_stage(__doc__, _args, lambda a, params: run_embed(params, a.ingested, a.out), argv)
 

@@ -32,7 +32,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_evaluate
+    from pipeline.runs.evaluate import run_evaluate
 
     return run_stage(
         __doc__,

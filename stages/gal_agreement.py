@@ -15,7 +15,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_gal_agreement
+    from pipeline.runs.gal_agreement import run_gal_agreement
 
     return run_stage(__doc__, _args, lambda a, params: run_gal_agreement(params, a.ingested, a.out), argv)
 

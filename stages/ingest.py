@@ -7,7 +7,7 @@ from stages._cli import run_stage
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_ingest
+    from pipeline.runs.ingest import run_ingest
 
     return run_stage(
         __doc__,

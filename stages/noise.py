@@ -16,7 +16,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_noise
+    from pipeline.runs.noise import run_noise
 
     return run_stage(
         __doc__,

@@ -16,7 +16,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_retrain
+    from pipeline.runs.retrain import run_retrain
 
     return run_stage(
         __doc__,

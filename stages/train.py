@@ -21,7 +21,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_train
+    from pipeline.runs.train import run_train
 
     return run_stage(
         __doc__,

@@ -11,7 +11,7 @@ def _args(p):
 
 
 def main(argv=None) -> int:
-    from pipeline.run import run_weights
+    from pipeline.runs.weights import run_weights
 
     return run_stage(__doc__, _args, lambda a, params: run_weights(a.out), argv)
 

@@ -56,7 +56,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_walker_sees_imports_inside_functions():
     graph = import_graph()
-    assert "pipeline.run" in graph["stages.ingest"]  # imported inside main()
+    assert "pipeline.runs.ingest" in graph["stages.ingest"]  # imported inside main()
     assert {"pipeline.methods", "pipeline.detectors", "pipeline.config"} <= graph["pipeline.params"]
 
 

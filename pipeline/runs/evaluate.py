@@ -1,0 +1,106 @@
+"""Stage evaluate: metrics, summary, DVC plot data and the HTML report.
+
+The stage script calls the `run_*` function here; it writes through `staged_outputs()`, so nothing
+appears unless it all succeeded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.config import Params
+from pipeline.io import read_csv, read_json, read_table, staged_outputs
+from pipeline.schemas import AGREEMENT_COLUMNS, CLEANED, INGESTED, NOISY, SCORES
+
+
+def _header_only(path: Path) -> bool:
+    """A CSV holding its header line alone (the sweep skipped with `gal_agreement.rates: []`)."""
+    return path.is_file() and len(path.read_bytes().strip().splitlines()) == 1
+
+
+def run_evaluate(
+    params: Params,
+    ingested_dir: Path,
+    noisy_path: Path,
+    noise_report_path: Path,
+    scores_dir: Path,
+    logs_dir: Path,
+    cleaned_path: Path,
+    retrain_path: Path,
+    metrics_out: Path,
+    plots_dir: Path,
+    report_out: Path,
+    agreement_path: Path | None = None,
+    datalab_path: Path | None = None,
+    summary_out: Path | None = None,
+    retrain_log: Path | None = None,
+) -> None:
+    """Compute metrics, write DVC metrics/plots and the HTML report.
+
+    `retrain_log` is the retrain stage's epoch log (its test-accuracy curve in the report; skipped when None).
+
+    `metrics_out` gets every figure; `summary_out` (when given) the headline ones that `dvc metrics show`
+    prints (`pipeline.evaluate.headline`).
+
+    `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1), `datalab_path` the `datalab`
+    stage's near duplicates and outliers; each skipped when None.
+    """
+    from pipeline.evaluate import collect_metrics, headline, pr_curve
+    from pipeline.report import render_report
+
+    noisy, names = read_table(noisy_path, NOISY)
+    scores = {m: read_table(scores_dir / f"{m}.parquet", SCORES)[0] for m in params.scored}
+    logs = {
+        m: read_csv(logs_dir / f"{m}.csv", ("epoch", "test_acc"), f"training log of train@{m}")
+        for m in params.scored
+    }
+    cleaned, _ = read_table(cleaned_path, CLEANED)
+    retrain = read_json(retrain_path)
+    report = read_json(noise_report_path)
+    agreement = None
+    if agreement_path is not None and not _header_only(agreement_path):  # rates: [] writes no rows
+        agreement = read_csv(agreement_path, AGREEMENT_COLUMNS, "GAL agreement table (gal_agreement stage)")
+    metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
+    curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
+    train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
+    sections = []
+    if datalab_path is not None:
+        from pipeline.datalab import report_section, summarise
+        from pipeline.schemas import DATALAB
+
+        issues, _ = read_table(datalab_path, DATALAB)
+        metrics["data_issues"] = summarise(issues)
+        test_images, _ = read_table(ingested_dir / "test.parquet", INGESTED)
+        labels = dict(
+            zip(noisy["sample_id"].to_list(), (names[g] for g in noisy["given_label"]), strict=True)
+        )
+        labels.update(
+            zip(test_images["sample_id"].to_list(), (names[g] for g in test_images["label"]), strict=True)
+        )
+        both = pl.concat([train_images, test_images], how="diagonal_relaxed")
+        sections.append(report_section(issues, both, labels, params.evaluate.gallery_size))
+    html = render_report(
+        metrics=metrics,
+        noisy=noisy,
+        scores=scores,
+        logs=logs,
+        cleaned=cleaned,
+        retrain_log=read_csv(retrain_log, ("epoch", "test_acc"), "retrain log") if retrain_log else None,
+        report=report,
+        class_names=names,
+        images=train_images,
+        params=params,
+        agreement=agreement,
+        sections=tuple(sections),
+    )
+    with staged_outputs() as out:
+        out.write_json(metrics_out, metrics)
+        if summary_out is not None:
+            out.write_json(summary_out, headline(metrics))
+        for m, curve in curves.items():
+            if curve is not None:
+                out.write_csv(plots_dir / f"{m}.csv", curve)
+        out.write_text(report_out, html)
+    print(f"evaluate: wrote {metrics_out}, {report_out}")
