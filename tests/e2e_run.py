@@ -71,15 +71,9 @@ def run_env(repo: Path) -> dict:
     }
 
 
-def claim_and_start() -> None:
-    """Start the session's run unless another process has: copy the working tree (tracked and untracked
-    files), set tiny params, commit, and launch `dvc repro` detached."""
-    base = shared_dir()
-    try:
-        (base / "claim").mkdir()
-    except FileExistsError:
-        return
-    dst = base / "repo"
+def copy_repo(dst: Path, params: dict | None = None) -> dict:
+    """Copy the working tree (tracked and untracked, not ignored files) to `dst` without dvc.lock, write
+    `params` as its params.yaml when given, commit it as a fresh git repo; returns the env to run it in."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -92,12 +86,26 @@ def claim_and_start() -> None:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     (dst / "dvc.lock").unlink(missing_ok=True)
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if params is not None:
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = run_env(dst)
     sh(["git", "init", "-q"], dst, env)
     sh(["git", "add", "-A"], dst, env)
-    sh(["git", "commit", "-qm", "tiny"], dst, env)
+    sh(["git", "commit", "-qm", "copy"], dst, env)
+    return env
+
+
+def claim_and_start() -> None:
+    """Start the session's run unless another process has: copy the working tree (tracked and untracked
+    files), set tiny params, commit, and launch `dvc repro` detached."""
+    base = shared_dir()
+    try:
+        (base / "claim").mkdir()
+    except FileExistsError:
+        return
+    dst = base / "repo"
+    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    env = copy_repo(dst, params)
     # Lowest CPU priority and one thread per stage: the run soaks up the cores the other tests leave idle
     # (imports, Python overhead) without preempting their torch threads; what is left runs at the end.
     quiet = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

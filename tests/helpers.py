@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -67,3 +68,47 @@ def clustered_features(n: int = 400, k: int = 4, dim: int = 32, rate: float = 0.
     flip = rng.random(n) < rate
     given[flip] = (truth[flip] + rng.integers(1, k, flip.sum())) % k
     return x.astype(np.float32), given.astype(np.int64), truth.astype(np.int64)
+
+
+# ------------------------------------------------------------------------- the project's import graph
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_modules() -> dict[str, Path]:
+    """{dotted name: file} of every module under pipeline/ and stages/ (a package: its __init__.py)."""
+    out = {}
+    for top in ("pipeline", "stages"):
+        for f in (ROOT / top).rglob("*.py"):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the project modules it imports}, a `from pkg import name` counted as importing `pkg.name`
+    when that is a module, else `pkg`."""
+    mods = project_modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for t in targets:
+                dep = owner(t)
+                if dep and dep != mod:
+                    graph[mod].add(dep)
+    return graph

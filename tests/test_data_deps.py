@@ -9,36 +9,19 @@ changes one input and asks `dvc status ingest`.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import save_png, tiny_image, write_cifar10, write_manifest
-from e2e_run import ROOT, run_env, sh
+from e2e_run import ROOT, copy_repo, sh
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     dst = tmp_path_factory.mktemp("deps_repo")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            (dst / f).write_bytes((ROOT / f).read_bytes())
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    env = run_env(dst)
-    sh(["git", "init", "-q"], dst, env)
-    sh(["git", "add", "-A"], dst, env)
-    sh(["git", "commit", "-qm", "copy"], dst, env)
-    return dst, env
+    return dst, copy_repo(dst)
 
 
 def _done_then_status(repo: tuple[Path, dict], data: dict, change) -> str:

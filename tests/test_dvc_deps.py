@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 
+import helpers
 import pytest
 import yaml
-from test_imports import ROOT, _modules, import_graph
+from helpers import import_graph, project_modules
 
 
 def closure(module: str, graph: dict[str, set[str]]) -> set[str]:
@@ -33,20 +34,21 @@ def closure(module: str, graph: dict[str, set[str]]) -> set[str]:
 
 def code_deps(module: str) -> list[str]:
     """The files `module` runs, relative to the repo, with whole packages folded into their directory."""
-    mods = _modules()
-    files = {mods[m].relative_to(ROOT).as_posix() for m in closure(module, import_graph())}
-    packages = sorted({p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("pipeline/**/__init__.py")})
+    mods = project_modules()
+    root = helpers.ROOT
+    files = {mods[m].relative_to(root).as_posix() for m in closure(module, import_graph())}
+    packages = sorted({p.parent.relative_to(root).as_posix() for p in root.glob("pipeline/**/__init__.py")})
     for pkg in sorted(packages, key=lambda p: p.count("/")):  # outermost first
         if pkg == "pipeline":
             continue
-        inside = {p.relative_to(ROOT).as_posix() for p in (ROOT / pkg).rglob("*.py")}
+        inside = {p.relative_to(root).as_posix() for p in (root / pkg).rglob("*.py")}
         if inside and inside <= files:
             files = (files - inside) | {pkg}
     return sorted(files)
 
 
 def stages() -> dict[str, dict]:
-    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    raw = yaml.safe_load((helpers.ROOT / "dvc.yaml").read_text())["stages"]
     return {name: st.get("do", st) for name, st in raw.items()}
 
 

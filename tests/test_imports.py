@@ -6,52 +6,11 @@ Every `import` and `from ... import` of a project module counts, at module level
 
 from __future__ import annotations
 
-import ast
 import graphlib
-from pathlib import Path
 
+import helpers
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _modules() -> dict[str, Path]:
-    out = {}
-    for top in ("pipeline", "stages"):
-        for f in (ROOT / top).rglob("*.py"):
-            parts = f.relative_to(ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
-    return out
-
-
-def import_graph() -> dict[str, set[str]]:
-    """{module: the project modules it imports}, a `from pkg import name` counted as importing `pkg.name`
-    when that is a module, else `pkg`."""
-    mods = _modules()
-
-    def owner(name: str) -> str | None:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for mod, path in mods.items():
-        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*up, base] if base else up)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
-            for t in targets:
-                dep = owner(t)
-                if dep and dep != mod:
-                    graph[mod].add(dep)
-    return graph
+from helpers import import_graph
 
 
 def test_the_walker_sees_imports_inside_functions():
@@ -81,6 +40,6 @@ def test_a_planted_cycle_is_found(tmp_path, monkeypatch):
     (pkg / "a.py").write_text("from pipeline.b import g\n")
     (pkg / "b.py").write_text("def g():\n    from pipeline import a\n")
     (tmp_path / "stages").mkdir()
-    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    monkeypatch.setattr(helpers, "ROOT", tmp_path)
     with pytest.raises(graphlib.CycleError):
         tuple(graphlib.TopologicalSorter(import_graph()).static_order())
