@@ -148,6 +148,21 @@ def test_second_repro_is_a_no_op(repo):
     assert "Running stage" not in out and "up to date" in out
 
 
+def test_checkpoints_come_back_with_dvc_checkout(repo):
+    """Checkpoints are cached outputs: when they are gone or replaced (an experiment's run, a clean), `dvc
+    checkout` restores the committed ones, so `dvc status` does not force train, retrain and evaluate to run
+    again."""
+    root, env = repo
+    kept = {p: p.read_bytes() for p in (root / "checkpoints/ce.pt", root / "checkpoints/retrain.pt")}
+    for path in kept:
+        path.unlink()
+    assert "deleted" in sh(["dvc", "status"], root, env).stdout
+    sh(["dvc", "checkout"], root, env)
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    out = sh(["dvc", "status"], root, env).stdout
+    assert "up to date" in out, out
+
+
 def test_metrics_and_plots_show(repo):
     root, env = repo
     assert "methods.ce.test_acc_last" in sh(["dvc", "metrics", "show"], root, env).stdout
