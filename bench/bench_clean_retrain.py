@@ -31,6 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from pipeline.evaluate import cleaning_figures  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import (  # noqa: E402
@@ -59,8 +60,7 @@ def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tup
         run_embed(params, d / "ingested", emb)
     else:
         shutil.copy(features, emb)
-    noisy, report = d / "noisy/train.parquet", d / "noisy/noise_report.json"
-    oof = d / "noisy/oof_probs.parquet"  # the train stage looks for these two beside the noisy table
+    noisy, report, oof = d / "noisy/train.parquet", d / "noisy/noise_report.json", d / "noisy/oof.parquet"
     run_noise(params, d / "ingested", noisy, report, oof, emb)
     for det in params.detectors:
         run_detect(
@@ -69,7 +69,7 @@ def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tup
         )  # fmt: skip
     run_train(
         params, "ce", d / "ingested", noisy, d / "scores/ce.parquet", d / "logs/ce.csv", None,
-        d / "logs/steps/ce.csv", d / "scores/history.parquet",
+        d / "logs/steps/ce.csv", d / "scores/history.parquet", noise_report=report, oof_path=oof,
     )  # fmt: skip
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
     run_retrain(
@@ -78,16 +78,14 @@ def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tup
     )  # fmt: skip
     truth, _ = read_table(noisy, NOISY)
     cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
-    c = cleaned.join(truth.select("sample_id", "true_label"), on="sample_id")
-    kept = c.filter(pl.col("action") != "drop")
+    cl = cleaning_figures(cleaned, truth)
     row = {
         "labels": key,
-        "true rate": float((c["given_label"] != c["true_label"]).mean()),
+        "true rate": float(truth["is_noisy"].mean()),
         "estimated": json.loads(report.read_text())["estimate"]["rate"],
-        "changed": float((c["action"] != "keep").mean()),
-        "relabel / drop": f"{int((c['action'] == 'relabel').sum())} / {int((c['action'] == 'drop').sum())}",
-        "label acc: noisy → kept": f"{(c['given_label'] == c['true_label']).mean():.3f} → "
-        f"{(kept['cleaned_label'] == kept['true_label']).mean():.3f}",
+        "changed": (cl["relabel"] + cl["drop"]) / cleaned.height,
+        "relabel / drop": f"{cl['relabel']} / {cl['drop']}",
+        "label acc: noisy → kept": f"{cl['label_accuracy_before']:.3f} → {cl['label_accuracy_after']:.3f}",
         "CE test acc: noisy labels": float(pl.read_csv(d / "logs/ce.csv")["test_acc"][-1]),
         "CE test acc: cleaned labels": json.loads((d / "retrain.json").read_text())["test_acc_last"],
         "s": time.perf_counter() - t0,

@@ -134,6 +134,30 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cleaning_figures(cleaned: pl.DataFrame, noisy: pl.DataFrame | None) -> dict[str, Any]:
+    """What cleaning did: the keep / relabel / drop counts and, when `noisy` carries the truth
+    (`true_label`, `is_noisy`), the label accuracy before and after, the relabels' accuracy, the drops'
+    precision and the wrong labels left."""
+    acts = cleaned["action"]
+    out: dict[str, Any] = {a: int((acts == a).sum()) for a in ("keep", "relabel", "drop")}
+    if noisy is None:
+        return out
+    c = cleaned.join(noisy.select("sample_id", "true_label", "is_noisy"), on="sample_id")
+    kept = c.filter(pl.col("action") != "drop")
+    rel = c.filter(pl.col("action") == "relabel")
+    drop = c.filter(pl.col("action") == "drop")
+    out.update(
+        label_accuracy_before=float((c["given_label"] == c["true_label"]).mean()),
+        label_accuracy_after=float((kept["cleaned_label"] == kept["true_label"]).mean())
+        if kept.height
+        else None,
+        relabel_accuracy=float((rel["cleaned_label"] == rel["true_label"]).mean()) if rel.height else None,
+        drop_precision=float(drop["is_noisy"].mean()) if drop.height else None,
+        noisy_remaining=int((kept["cleaned_label"] != kept["true_label"]).sum()),
+    )
+    return out
+
+
 def collect_metrics(
     noisy: pl.DataFrame,
     scores: dict[str, pl.DataFrame],
@@ -177,28 +201,7 @@ def collect_metrics(
                 j["is_noisy"].to_numpy(), j["grad_similarity"].to_numpy()
             )
         out["methods"][m] = row
-    acts = cleaned["action"]
-    cl: dict[str, Any] = {
-        "methods": params.clean.methods,
-        **{a: int((acts == a).sum()) for a in ("keep", "relabel", "drop")},
-    }
-    if known:
-        c = cleaned.join(noisy.select("sample_id", "true_label", "is_noisy"), on="sample_id")
-        kept = c.filter(pl.col("action") != "drop")
-        rel = c.filter(pl.col("action") == "relabel")
-        drop = c.filter(pl.col("action") == "drop")
-        cl.update(
-            label_accuracy_before=float((c["given_label"] == c["true_label"]).mean()),
-            label_accuracy_after=float((kept["cleaned_label"] == kept["true_label"]).mean())
-            if kept.height
-            else None,
-            relabel_accuracy=float((rel["cleaned_label"] == rel["true_label"]).mean())
-            if rel.height
-            else None,
-            drop_precision=float(drop["is_noisy"].mean()) if drop.height else None,
-            noisy_remaining=int((kept["cleaned_label"] != kept["true_label"]).sum()),
-        )
-    out["cleaning"] = cl
+    out["cleaning"] = {"methods": params.clean.methods, **cleaning_figures(cleaned, noisy if known else None)}
     out["retrain"] = {
         k: retrain.get(k) for k in ("test_acc_last", "test_acc_best", "train_samples", "seconds")
     }

@@ -32,3 +32,8 @@ def run_stage(
         print(f"gradclean: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def optional_path(path: Path | None) -> Path | None:
+    """A path flag where `''` (or no value) means "none": argparse turns `''` into `Path('.')`."""
+    return None if path is None or str(path) in ("", ".") else path

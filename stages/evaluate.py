@@ -4,7 +4,7 @@ report.html from every earlier output."""
 import sys
 from pathlib import Path
 
-from stages._cli import run_stage
+from stages._cli import optional_path, run_stage
 
 
 def _args(p):
@@ -49,10 +49,10 @@ def main(argv=None) -> int:
             a.metrics,
             a.plots_dir,
             a.report,
-            a.gal_agreement if str(a.gal_agreement) not in ("", ".") else None,
-            a.datalab if str(a.datalab or "") not in ("", ".") else None,
+            optional_path(a.gal_agreement),
+            optional_path(a.datalab),
             a.summary,
-            a.retrain_log if str(a.retrain_log) not in ("", ".") else None,
+            optional_path(a.retrain_log),
         ),
         argv,
     )

@@ -70,6 +70,17 @@ def clustered_features(n: int = 400, k: int = 4, dim: int = 32, rate: float = 0.
     return x.astype(np.float32), given.astype(np.int64), truth.astype(np.int64)
 
 
+def ingest_and_noise(params, ingested: Path, noisy: Path) -> None:
+    """Run the ingest and noise stage functions: `ingested/{train,test}.parquet`, and `noisy/` with
+    train.parquet, noise_report.json and oof_probs.parquet, laid out as dvc.yaml lays them out."""
+    from pipeline.run import run_ingest, run_noise
+
+    run_ingest(params, ingested)
+    run_noise(
+        params, ingested, noisy / "train.parquet", noisy / "noise_report.json", noisy / "oof_probs.parquet"
+    )
+
+
 # ------------------------------------------------------------------------- the project's import graph
 ROOT = Path(__file__).resolve().parents[1]
 

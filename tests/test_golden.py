@@ -20,10 +20,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from helpers import ingest_and_noise
 
 from pipeline.methods import REGISTRY
 from pipeline.params import parse_params
-from pipeline.run import run_ingest, run_noise
 from stages import train
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -63,16 +63,7 @@ RAW = {
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("golden")
     (root / "params.yaml").write_text(yaml.safe_dump(RAW))
-    params = parse_params(RAW)
-    run_ingest(params, root / "data/ingested")
-    noisy = root / "data/noisy"
-    run_noise(
-        params,
-        root / "data/ingested",
-        noisy / "train.parquet",
-        noisy / "noise_report.json",
-        noisy / "oof_probs.parquet",
-    )
+    ingest_and_noise(parse_params(RAW), root / "data/ingested", root / "data/noisy")
     return root
 
 

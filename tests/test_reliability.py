@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ingest_and_noise
 
 from pipeline.methods import REGISTRY
 from pipeline.params import parse_params
-from pipeline.run import run_ingest, run_noise, run_train
+from pipeline.run import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -54,16 +55,7 @@ def tiny_raw(resume: bool) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reliability")
-    params = parse_params(tiny_raw(False))
-    run_ingest(params, root / "ingested")
-    noisy = root / "noisy"
-    run_noise(
-        params,
-        root / "ingested",
-        noisy / "train.parquet",
-        noisy / "noise_report.json",
-        noisy / "oof_probs.parquet",
-    )
+    ingest_and_noise(parse_params(tiny_raw(False)), root / "ingested", root / "noisy")
     return root
 
 
