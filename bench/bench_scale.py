@@ -8,7 +8,7 @@ epoch's time (the median of the timed ones). The first epoch also pays one-off c
 autotuning, `torch.compile`), so the projection errs on the high side.
 
     # the paper presets on a GPU with no network: CIFAR-shaped random images stand in for the data
-    python bench/bench_scale.py --params presets/gal_cifar10.yaml --synthetic 50000 --methods ce,jocor,gal
+    python bench/bench_scale.py --params experiments/gal_cifar10.yaml --synthetic 50000 --methods ce,jocor,gal
     # this machine, the default params
     python bench/bench_scale.py --methods ce,gal,gss,gradsim,jocor,dividemix
 

@@ -158,11 +158,6 @@ class TrainParams(Strict):
         """Side length (px) images are decoded to and kept in memory."""
         return self.load_size or self.image_size
 
-    @field_validator("backbone")
-    @classmethod
-    def _backbone_known(cls, v: str) -> str:
-        return _timm_model(v)
-
     @model_validator(mode="after")
     def _pretrained_stem(self) -> TrainParams:
         if self.pretrained is not False and self.small_stem:
@@ -180,14 +175,6 @@ class TrainParams(Strict):
         return self
 
 
-def _timm_model(v: str) -> str:
-    import timm
-
-    if not timm.is_model(v):
-        raise ValueError(f"unknown timm model '{v}' (see timm.list_models())")
-    return v
-
-
 class EmbedParams(Strict):
     """`embed:` — one pass of a frozen pretrained backbone over both splits (the `embed` stage)."""
 
@@ -200,11 +187,6 @@ class EmbedParams(Strict):
     batch_size: int = Field(256, ge=1)
     flip: bool = True  # average the features of the image and its horizontal mirror
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    @field_validator("backbone")
-    @classmethod
-    def _backbone_known(cls, v: str) -> str:
-        return _timm_model(v)
 
 
 class DatalabParams(Strict):
@@ -242,27 +224,6 @@ class EvaluateParams(Strict):
     gallery_size: int = Field(24, ge=0)  # most suspicious samples shown in the report
 
 
-class GalAgreementParams(Strict):
-    """`gal_agreement:` — GAL's Figure 1: the agreement ratio per step at several symmetric noise rates.
-
-    The `gal_agreement` stage runs θA + θB (no θC, which does not touch the gate) with `method.gal`'s other
-    options on the ingested training split, once per rate, and writes `logs/gal_agreement.csv`.
-    """
-
-    rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
-        default_factory=lambda: [0.0, 0.2, 0.5, 0.8]
-    )  # symmetric flip probabilities; [] = skip (an empty table)
-    epochs: int = Field(8, ge=1)  # per rate, method.gal.warmup_epochs included
-    max_samples: int | None = Field(None, ge=2)  # stratified subsample of the train split (None = all)
-
-    @field_validator("rates")
-    @classmethod
-    def _unique(cls, v: list[float]) -> list[float]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate rates in {v}")
-        return v
-
-
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -279,7 +240,6 @@ class Params(Strict):
     run: RunParams = Field(default_factory=RunParams)
     clean: CleanParams = Field(default_factory=CleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    gal_agreement: GalAgreementParams = Field(default_factory=GalAgreementParams)
 
     @property
     def scored(self) -> list[str]:

@@ -123,7 +123,7 @@ def report_section(issues: pl.DataFrame, images: pl.DataFrame, labels: dict[int,
     """
     import html
 
-    from pipeline.report import image_cell
+    from pipeline.figures import image_cell
 
     s = summarise(issues)
     head = (

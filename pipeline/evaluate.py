@@ -89,29 +89,6 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
-AGREEMENT_SUMMARY = ("gate_ratio", "unit_gate_ratio", "mean_cosine")
-
-
-def agreement_summary(table: pl.DataFrame) -> dict[str, dict[str, float]]:
-    """Final-epoch means of the Figure-1 sweep (`logs/gal_agreement.csv`), keyed by noise rate.
-
-    Args:
-        table: rows of `pipeline.schemas.AGREEMENT_COLUMNS`.
-
-    Returns:
-        {"0.2": {"realised_rate", "gate_ratio", "unit_gate_ratio", "mean_cosine"}, ...}, rates ascending;
-        {} for an empty table.
-    """
-    out: dict[str, dict[str, float]] = {}
-    for rate in sorted(set(table["noise_rate"].to_list())):
-        t = table.filter(pl.col("noise_rate") == rate)
-        last = t.filter(pl.col("epoch") == t["epoch"].max())
-        out[f"{rate:g}"] = {"realised_rate": float(t["realised_rate"][0])} | {
-            c: float(last[c].mean()) for c in AGREEMENT_SUMMARY
-        }
-    return out
-
-
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The few numbers `dvc metrics show` prints (`reports/summary.json`), taken from `collect_metrics`'s
     result: per method the final test accuracy and, when the truth is known, the detection F1 and AUROC; the
@@ -123,12 +100,14 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
         methods[m] = {"test_acc_last": row["test_acc_last"]} | {
             k: det[k] for k in ("f1", "auroc") if k in det
         }
-    cl = metrics["cleaning"]
+    cleaning = metrics["cleaning"]
     return {
         "noise": {k: metrics["noise"][k] for k in ("realised_rate", "estimated_rate")},
         "methods": methods,
         "cleaning": {
-            k: cl[k] for k in ("relabel", "drop", "label_accuracy_before", "label_accuracy_after") if k in cl
+            k: cleaning[k]
+            for k in ("relabel", "drop", "label_accuracy_before", "label_accuracy_after")
+            if k in cleaning
         },
         "retrain": {"test_acc_last": metrics["retrain"]["test_acc_last"]},
     }
@@ -166,12 +145,8 @@ def collect_metrics(
     retrain: dict,
     report: dict,
     params: Params,
-    agreement: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Everything `reports/metrics.json` holds (JSON-ready; NaN becomes null).
-
-    `agreement` is the Figure-1 sweep table; its final-epoch summary goes under `gal_agreement`.
-    """
+    """Everything `reports/metrics.json` holds (JSON-ready; NaN becomes null)."""
     known = noisy["true_label"].null_count() == 0
     out: dict[str, Any] = {
         "noise": {
@@ -207,6 +182,4 @@ def collect_metrics(
     }
     if "ce" in out["methods"]:
         out["retrain"]["ce_noisy_test_acc_last"] = out["methods"]["ce"]["test_acc_last"]
-    if agreement is not None and agreement.height:
-        out["gal_agreement"] = agreement_summary(agreement)
     return _nan_to_none(out)

@@ -55,23 +55,35 @@ def check_registered(params: Params, source: str = "params") -> Params:
                     f"method.{m}.{key}: {value} warm-up epochs leave none of train.epochs "
                     f"({params.train.epochs})"
                 )
-    warm = REGISTRY["gal"].options.model_validate(params.method.get("gal") or {}).warmup_epochs
-    if params.gal_agreement.rates and params.gal_agreement.epochs <= warm:
-        fail(
-            f"gal_agreement.epochs: {params.gal_agreement.epochs} leaves no step after GAL's warm-up "
-            f"(method.gal.warmup_epochs: {warm})"
-        )
     missing = [m for m in params.clean.methods if m not in params.scored]
     if missing:
         fail(f"clean.methods: {missing} are not in `methods` or `detectors`, so no scores will exist")
     return params
 
 
-def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
-    """Validate a params mapping; raise ConfigError naming every bad key."""
-    return check_registered(parse_sections(raw or {}, source), source)
+def check_backbones(params: Params, source: str = "params") -> Params:
+    """Check `train.backbone` and `embed.backbone` against timm's model registry (importing timm costs a
+    stage ~4 s, so stages that build no network skip this; the first stage and every stage that builds one
+    run it).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    import timm
+
+    for key, name in (("train.backbone", params.train.backbone), ("embed.backbone", params.embed.backbone)):
+        if not timm.is_model(name):
+            raise ConfigError(f"{source}: {key}: unknown timm model '{name}' (see timm.list_models())")
+    return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params.yaml."""
-    return parse_params(read_params_file(path), str(path))
+def parse_params(raw: dict[str, Any] | None, source: str = "params", *, backbones: bool = True) -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key. `backbones: False` skips the
+    timm model-name check (`check_backbones`)."""
+    params = check_registered(parse_sections(raw or {}, source), source)
+    return check_backbones(params, source) if backbones else params
+
+
+def load_params(path: str | Path = "params.yaml", *, backbones: bool = True) -> Params:
+    """Read and validate a params.yaml (`backbones` as in `parse_params`)."""
+    return parse_params(read_params_file(path), str(path), backbones=backbones)

@@ -8,7 +8,6 @@ from pipeline.runs.clean import run_clean
 from pipeline.runs.detect import run_detect
 from pipeline.runs.embed import _stored_images, run_embed
 from pipeline.runs.evaluate import run_evaluate
-from pipeline.runs.gal_agreement import run_gal_agreement
 from pipeline.runs.ingest import require_two_classes, run_ingest
 from pipeline.runs.noise import run_noise
 from pipeline.runs.retrain import RETRAIN_WARN_SHARE, run_retrain
@@ -21,10 +20,8 @@ from pipeline.runs.train import (
     train_method,
 )
 from pipeline.runs.weights import run_weights
-from pipeline.schemas import AGREEMENT_COLUMNS
 
 __all__ = [
-    "AGREEMENT_COLUMNS",
     "RETRAIN_WARN_SHARE",
     "SIMILARITY_SEED",
     "_stored_images",
@@ -36,7 +33,6 @@ __all__ = [
     "run_detect",
     "run_embed",
     "run_evaluate",
-    "run_gal_agreement",
     "run_ingest",
     "run_noise",
     "run_retrain",

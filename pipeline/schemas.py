@@ -205,90 +205,7 @@ SCORES = TableSchema(
             description="Mean top-k cosine of last-layer per-example gradients; null until computed.",
         ),
     ),
-    allow_extra=True,
-    # Method-specific columns: checked when present (a method writes only its own).
-    extra_columns=(
-        Column(
-            "kept_fraction",
-            pa.float32(),
-            min_value=0.0,
-            max_value=1.0,
-            direction="higher = selected as small-loss more often (more likely clean)",
-            description="JoCoR, Co-teaching: share of epochs the sample was selected.",
-        ),
-        Column(
-            "joint_loss",
-            pa.float32(),
-            nullable=True,
-            min_value=0.0,
-            direction="higher = more likely noisy",
-            description="JoCoR: last joint loss (CE + contrast) of the sample; null if never seen.",
-        ),
-        Column("joint_pseudo_label", pa.int32(), is_label=True, description="GAL: argmax of p_A + p_B."),
-        Column(
-            "joint_confidence",
-            pa.float32(),
-            min_value=0.0,
-            max_value=1.0,
-            direction="higher = θA and θB more confident in joint_pseudo_label",
-            description="GAL: max of ½(p_A + p_B).",
-        ),
-        Column("ab_disagree", pa.bool_(), description="GAL: θA and θB predict different classes."),
-        Column(
-            "direction_pool",
-            pa.list_(pa.float32()),
-            distribution=True,
-            description="GSS: the (first) network's direction pool D / ΣD, length K (SSL: the pool in use, "
-            "labeled- or unlabeled-set). Mass on the given label = 1 - noise_score for one network.",
-        ),
-        Column(
-            "direction_pool_peer",
-            pa.list_(pa.float32()),
-            distribution=True,
-            description="GSS-DB / GSS-SSL: the second network's direction pool, length K.",
-        ),
-        Column(
-            "pool_entropy",
-            pa.float32(),
-            min_value=0.0,
-            max_value=1.0,
-            direction="higher = pool closer to uniform (the label is uncertain)",
-            description="GSS: entropy of direction_pool / log K.",
-        ),
-        Column(
-            "pool_entropy_peer",
-            pa.float32(),
-            min_value=0.0,
-            max_value=1.0,
-            direction="higher = pool closer to uniform",
-            description="GSS-DB / GSS-SSL: entropy of direction_pool_peer / log K.",
-        ),
-        Column(
-            "clean_probability",
-            pa.float32(),
-            min_value=0.0,
-            max_value=1.0,
-            direction="higher = more likely clean",
-            description="DivideMix, GSS-SSL: GMM posterior of the low-loss component, mean of both "
-            "networks, after training.",
-        ),
-        Column(
-            "gradsim_weight",
-            pa.float32(),
-            nullable=True,
-            min_value=0.0,
-            direction="higher = gradient agrees with more of its batch (more likely clean); 1.0 = average",
-            description="gradsim: the sample's similarity weight × batch size, mean over the last "
-            "average_epochs epochs; null if it was never in a batch then.",
-        ),
-        Column(
-            "gradsim_rank",
-            pa.int32(),
-            min_value=1,
-            direction="lower = higher gradsim_weight (1 = most trusted)",
-            description="gradsim: rank of gradsim_weight over the training set, 1-based, ties by row.",
-        ),
-    ),
+    allow_extra=True,  # a method's or detector's own columns: its spec's `columns` (checked there)
 )
 
 POOL_HISTORY = TableSchema(
@@ -433,17 +350,3 @@ CLEANED = TableSchema(
         ),
     ),
 )
-
-
-# GAL's Figure-1 table (logs/gal_agreement.csv), written by the gal_agreement stage, read by evaluate
-AGREEMENT_COLUMNS = [
-    "noise_rate",
-    "realised_rate",
-    "step",
-    "epoch",
-    "loss",
-    "agreement_ratio",
-    "gate_ratio",
-    "unit_gate_ratio",
-    "mean_cosine",
-]

@@ -16,8 +16,14 @@ def run_stage(
     add_args: Callable[[argparse.ArgumentParser], None],
     body: Callable[[argparse.Namespace, object], None],
     argv: list[str] | None = None,
+    *,
+    backbones: bool = True,
 ) -> int:
-    """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2."""
+    """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2.
+
+    `backbones: False` is for stages that build no network: they skip the timm model-name check
+    (`pipeline.params.check_backbones`), which the first stage and every training stage run.
+    """
     from pipeline.errors import GradcleanError
     from pipeline.params import load_params
 
@@ -26,7 +32,7 @@ def run_stage(
     add_args(parser)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, backbones=backbones)
         body(args, params)
     except GradcleanError as e:
         print(f"gradclean: error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
             params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest
         ),
         argv,
+        backbones=False,  # builds no network
     )
 
 

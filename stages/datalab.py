@@ -17,7 +17,11 @@ def main(argv=None) -> int:
     from pipeline.datalab import run_datalab
 
     return run_stage(
-        __doc__, _args, lambda a, params: run_datalab(params, a.ingested, a.embeddings, a.out), argv
+        __doc__,
+        _args,
+        lambda a, params: run_datalab(params, a.ingested, a.embeddings, a.out),
+        argv,
+        backbones=False,  # builds no network
     )
 
 

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
             a.noise_report,
         ),
         argv,
+        backbones=False,  # builds no network
     )
 
 

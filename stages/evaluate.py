@@ -21,9 +21,6 @@ def _args(p):
     p.add_argument("--plots-dir", type=Path, default=Path("reports/plots/pr"))
     p.add_argument("--report", type=Path, default=Path("reports/report.html"))
     p.add_argument(
-        "--gal-agreement", type=Path, default=Path("logs/gal_agreement.csv"), help="'' = no Figure 1"
-    )
-    p.add_argument(
         "--datalab",
         type=Path,
         default=None,
@@ -49,12 +46,12 @@ def main(argv=None) -> int:
             a.metrics,
             a.plots_dir,
             a.report,
-            optional_path(a.gal_agreement),
             optional_path(a.datalab),
             a.summary,
             optional_path(a.retrain_log),
         ),
         argv,
+        backbones=False,  # builds no network
     )
 
 

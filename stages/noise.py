@@ -23,6 +23,7 @@ def main(argv=None) -> int:
         _args,
         lambda a, params: run_noise(params, a.ingested, a.out, a.report, a.oof, a.embeddings),
         argv,
+        backbones=False,  # the K-fold estimate checks them itself (the probe builds no network)
     )
 
 

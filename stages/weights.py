@@ -13,7 +13,7 @@ def _args(p):
 def main(argv=None) -> int:
     from pipeline.runs.weights import run_weights
 
-    return run_stage(__doc__, _args, lambda a, params: run_weights(a.out), argv)
+    return run_stage(__doc__, _args, lambda a, params: run_weights(a.out), argv, backbones=False)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ def tiny_params(base: dict) -> dict:
     p["method"]["gal"]["warmup_epochs"] = 1
     p["method"]["dividemix"]["warmup_epochs"] = 1
     p["method"]["gss"].update(history=True, variant="db")  # the default is sb: cover both pools here
-    p["gal_agreement"] = {"rates": [0.0, 0.5], "epochs": 2}
     return p
 
 

@@ -33,7 +33,8 @@ import yaml
 from conftest import save_png, tiny_image, write_cifar10, write_manifest
 from PIL import Image
 
-from stages import clean, evaluate, gal_agreement, ingest, noise, retrain, train
+from experiments import gal_figure1
+from stages import clean, evaluate, ingest, noise, retrain, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,11 @@ STAGES = {
     "ingest": (ingest.main, [], ["data/ingested"]),
     "noise": (noise.main, [], ["data/noisy"]),
     "train": (train.main, ["ce"], ["scores/ce.parquet", "logs/ce.csv", "logs/steps/ce.csv", "checkpoints"]),
-    "gal_agreement": (gal_agreement.main, [], ["logs/gal_agreement.csv"]),
+    "gal_figure1": (  # the GAL Figure-1 experiment (experiments/), on the ingested tables
+        gal_figure1.main,
+        ["--rates", "0.5", "--epochs", "2", "--max-samples", "all", "--out", "experiments/out"],
+        ["experiments/out"],
+    ),
     "clean": (clean.main, [], ["cleaned"]),
     "retrain": (retrain.main, [], ["reports/retrain.json", "logs/retrain.csv", "checkpoints/retrain.pt"]),
     "evaluate": (evaluate.main, [], ["reports/metrics.json", "reports/report.html", "reports/plots"]),
@@ -62,7 +67,6 @@ def workspace_params() -> dict:
     raw["methods"] = raw["clean"]["methods"] = ["ce"]
     raw["detectors"] = []  # the embed and detect stages have their own bad-input tests (test_embed_stages.py)
     raw["method"]["gal"]["warmup_epochs"] = 1
-    raw["gal_agreement"].update(rates=[0.5], epochs=2, max_samples=None)
     raw["evaluate"]["gallery_size"] = 4
     # 2 epochs of CE call nearly every label wrong, and with no estimate (noise.estimate: false) nothing
     # caps the share: retrain would get no rows, which it now refuses. Cap it as a user would.
@@ -611,14 +615,11 @@ TRAIN = [
     F("method-option-wrong-type", edit_params(method__ce__nets="two"), "method.ce", "nets"),
 ]
 
-GAL_AGREEMENT = [
+GAL_FIGURE1 = [
     F("missing-file", delete("data/ingested/test.parquet"), "data/ingested/test.parquet", "not found"),
     F(
         "corrupt-image",
-        both(
-            edit_table("data/ingested/train.parquet", set_image(3, b"junk")),
-            edit_params(gal_agreement__max_samples=None),
-        ),
+        edit_table("data/ingested/train.parquet", set_image(3, b"junk")),
         PLANTED,
         "cannot decode",
     ),
@@ -628,8 +629,8 @@ GAL_AGREEMENT = [
         "train.parquet",
         "'label' above 9",
     ),
-    F("param-wrong-type", edit_params(gal_agreement__rates="0.2"), "gal_agreement.rates"),
-    F("param-unknown-key", edit_params(gal_agreement__steps=3), "gal_agreement.steps: unknown key"),
+    F("param-wrong-type", edit_params(method__gal__tau="high"), "method.gal", "tau"),
+    F("param-unknown-key", edit_params(method__gal__steps=3), "method.gal", "steps: unknown key"),
 ]
 
 CLEAN = [
@@ -731,12 +732,6 @@ EVALUATE = [
     F("corrupt-log", replace_bytes("logs/ce.csv", b"\x00\xff\xfe garbage\n\x01"), "logs/ce.csv"),
     F("log-without-columns", replace_bytes("logs/ce.csv", b"a,b\n1,2\n"), "logs/ce.csv", "lacks column"),
     F(
-        "agreement-table-without-columns",
-        replace_bytes("logs/gal_agreement.csv", b"step\n1\n"),
-        "gal_agreement.csv",
-        "lacks column",
-    ),
-    F(
         "corrupt-json",
         replace_bytes("reports/retrain.json", b"\xff\xfe"),
         "reports/retrain.json",
@@ -819,9 +814,9 @@ def test_train(fault, good_workspace, tmp_path, capsys, faults_seen):
     run_fault("train", fault, good_workspace, tmp_path, capsys, faults_seen)
 
 
-@cases(GAL_AGREEMENT)
-def test_gal_agreement(fault, good_workspace, tmp_path, capsys, faults_seen):
-    run_fault("gal_agreement", fault, good_workspace, tmp_path, capsys, faults_seen)
+@cases(GAL_FIGURE1)
+def test_gal_figure1(fault, good_workspace, tmp_path, capsys, faults_seen):
+    run_fault("gal_figure1", fault, good_workspace, tmp_path, capsys, faults_seen)
 
 
 @cases(CLEAN)

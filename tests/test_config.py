@@ -209,11 +209,3 @@ def test_validate_section_names_key() -> None:
 @pytest.mark.skipif(not (REPO / "params.yaml").exists(), reason="no params.yaml in the repo yet")
 def test_repo_params_yaml_is_valid() -> None:
     load_params(REPO / "params.yaml")
-
-
-def test_gal_agreement_checks_rates_and_leaves_steps_after_the_warm_up() -> None:
-    assert "duplicate rates" in _error({"gal_agreement": {"rates": [0.2, 0.2]}})
-    assert "gal_agreement.rates" in _error({"gal_agreement": {"rates": [1.0]}})
-    msg = _error({"method": {"gal": {"warmup_epochs": 6}}, "gal_agreement": {"epochs": 6}})
-    assert "gal_agreement.epochs" in msg and "warmup_epochs: 6" in msg
-    assert parse_params({"gal_agreement": {"rates": [], "epochs": 1}}).gal_agreement.rates == []

@@ -67,15 +67,13 @@ def test_every_declared_output_exists_and_reads(repo):
     assert metrics["retrain"]["test_acc_last"] is not None
     html = (root / "reports/report.html").read_text()
     assert "data:image/png;base64" in html and "Most suspicious samples" in html
-    assert "the paper's Figure 1" in html
+    assert (
+        "<h2>GAL: the agreement gate</h2>" in html and "<h2>GSS: direction pools" in html
+    )  # their own sections
     steps = pl.read_csv(root / "logs/steps/gal.csv")
     assert steps["step"].to_list() == list(range(steps.height)) and set(steps["epoch"]) == {1, 2}
     post = steps.filter(pl.col("epoch") == 2)["agreement_ratio"]
     assert post.len() > 0 and post.is_between(0, 1).all()
-    agree = pl.read_csv(root / "logs/gal_agreement.csv")
-    assert agree["noise_rate"].unique().sort().to_list() == [0.0, 0.5]
-    assert agree.filter(pl.col("epoch") == 2)["gate_ratio"].is_between(0, 1).all()
-    assert set(metrics["gal_agreement"]) == {"0", "0.5"}
     assert {"joint_pseudo_label", "joint_confidence", "ab_disagree"} <= set(
         pl.read_parquet(root / "scores/gal.parquet").columns
     )
@@ -129,17 +127,19 @@ def test_datalab_table_and_report_section(repo):
     assert "Data issues (cleanlab Datalab on the embeddings)" in html and "Most atypical images" in html
 
 
-def test_evaluate_takes_a_skipped_sweep(repo, tmp_path):
-    """`gal_agreement.rates: []` (the documented way to skip GAL's Figure-1 sweep) writes a header-only
-    table; evaluate reads it as "no sweep" instead of refusing it."""
+def test_gal_figure1_experiment_runs_on_the_pipeline_data(repo, tmp_path):
+    """GAL's Figure-1 sweep is an experiment beside the product (`experiments/`), run on the pipeline's
+    ingested tables with one command; the product pipeline has no stage for it."""
     root, env = repo
-    header = (root / "logs/gal_agreement.csv").read_text().splitlines()[0]
-    (tmp_path / "sweep.csv").write_text(header + "\n")
-    args = ["--metrics", str(tmp_path / "m.json"), "--plots-dir", str(tmp_path / "pr")]
-    args += ["--report", str(tmp_path / "r.html"), "--gal-agreement", str(tmp_path / "sweep.csv")]
-    sh([sys.executable, "-m", "stages.evaluate", *args], root, env)
-    assert "gal_agreement" not in json.loads((tmp_path / "m.json").read_text())
-    assert "the paper's Figure 1" not in (tmp_path / "r.html").read_text()
+    out = tmp_path / "fig1"
+    args = ["--rates", "0", "0.5", "--epochs", "2", "--max-samples", "all", "--out", str(out)]
+    sh([sys.executable, "experiments/gal_figure1.py", *args], root, env)
+    agree = pl.read_csv(out / "agreement.csv")
+    assert agree["noise_rate"].unique().sort().to_list() == [0.0, 0.5]
+    assert agree.filter(pl.col("epoch") == 2)["gate_ratio"].is_between(0, 1).all()
+    assert set(json.loads((out / "summary.json").read_text())) == {"0", "0.5"}
+    assert (out / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gal_agreement" not in (root / "dvc.yaml").read_text()
 
 
 def test_second_repro_is_a_no_op(repo):

@@ -1,6 +1,6 @@
 """Golden numbers: every registered method, two epochs of the real `stages.train` on tiny digits, against the
 figures pinned in `tests/golden/<method>.json` (per-epoch train loss and test accuracy, and summaries of the
-score table) at 1e-4 on CPU.
+score table) within a cross-CPU tolerance (below).
 
 A change that shifts every method at once (the data order, the augmentation, the schedule, the scores)
 passes the behaviour tests, which compare methods with CE or with themselves; it fails here. When a change
@@ -8,7 +8,11 @@ is meant to move the numbers, regenerate them and commit the new files with it:
 
     GRADCLEAN_UPDATE_GOLDEN=1 python -m pytest -q tests/test_golden.py
 
-The figures come from one CPU build of torch; another torch version or CPU may move them past 1e-4.
+The same code gives the same figures bit for bit on one machine, but not across CPUs: the kernels torch
+picks differ by instruction set. Measured between an Intel and an AMD EPYC host (torch 2.14.1, same code):
+per-epoch train loss up to 5.2e-4 apart, score sums up to 1.6e-3 relative, one of 16 pseudo-labels of a
+2-epoch model sitting on a tie flipped. The tolerances below sit a few times above that and far below what a
+change of behaviour moves (a different seed, order or augmentation moves the loss by more than 1e-2).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from stages import train
 
 GOLDEN = Path(__file__).with_name("golden")
 UPDATE = os.environ.get("GRADCLEAN_UPDATE_GOLDEN") == "1"
-TOL = 1e-4
+ABS_TOL = 2e-3  # per-epoch figures (loss, accuracy)
+REL_TOL = 5e-3  # sums over the score table
+LABELS_AGREE = 15  # of the 16 pinned pseudo-labels
 
 RAW = {
     "seed": 0,
@@ -55,7 +61,6 @@ RAW = {
         "gradsim": {"average_epochs": 1},
     },
     "clean": {"methods": ["ce"]},
-    "gal_agreement": {"rates": []},
 }
 
 
@@ -98,8 +103,10 @@ def test_golden_numbers(name: str, workspace: Path, monkeypatch) -> None:
     assert got.keys() == want.keys()
     for key, value in want.items():
         if isinstance(value, list) and value and isinstance(value[0], float):
-            assert got[key] == pytest.approx(value, abs=TOL), key
+            assert got[key] == pytest.approx(value, abs=ABS_TOL), key
         elif isinstance(value, float):
-            assert got[key] == pytest.approx(value, abs=TOL * max(1.0, abs(value))), key
+            assert got[key] == pytest.approx(value, rel=REL_TOL, abs=ABS_TOL), key
+        elif key == "pseudo_label_head":
+            assert sum(a == b for a, b in zip(got[key], value, strict=True)) >= LABELS_AGREE, key
         else:
             assert got[key] == value, key

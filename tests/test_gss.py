@@ -24,6 +24,7 @@ from pipeline.methods.gss import (
     update_pools,
 )
 from pipeline.params import parse_params
+from pipeline.registry import score_schema
 from pipeline.schemas import POOL_HISTORY, SCORES
 from pipeline.train import fit, predict
 from pipeline.validation import validate
@@ -139,7 +140,7 @@ def test_history_and_exports_validate():
     fit(method, ctx, name="gss", epochs=2)
     out = method.export()
     frame = scores_frame("gss", ctx, out, 0.5)
-    validate(frame, SCORES, 10, "scores/gss.parquet")
+    validate(frame, score_schema("gss"), 10, "scores/gss.parquet")
     pools = np.stack(frame["direction_pool"].to_list())
     np.testing.assert_allclose(pools, normalise(method.pools[0]).numpy(), atol=1e-6)
     mass = 0.5 * (pools + np.stack(frame["direction_pool_peer"].to_list()))
@@ -221,7 +222,7 @@ def test_gss_ssl_runs_and_draws_from_two_pools():
     assert not torch.equal(method.upools, method.pools)  # the two pools follow different λ
     out = method.export()
     frame = scores_frame("gss", ctx, out, 0.5)
-    validate(frame, SCORES, 10, "scores/gss.parquet")
+    validate(frame, score_schema("gss"), 10, "scores/gss.parquet")
     assert {"direction_pool", "direction_pool_peer", "clean_probability"} <= set(frame.columns)
     active = method.active_pools()
     assert torch.equal(active[0][method.labeled[0]], method.pools[0][method.labeled[0]])
@@ -266,7 +267,7 @@ def test_paper_preset_is_valid_and_has_the_papers_settings():
 
     from pipeline.params import load_params
 
-    p = load_params(Path(__file__).resolve().parents[1] / "presets" / "gss_cifar10.yaml")
+    p = load_params(Path(__file__).resolve().parents[1] / "experiments" / "gss_cifar10.yaml")
     t = p.train
     assert (p.data.source, t.backbone, t.small_stem, t.image_size, t.batch_size) == (
         "cifar10",

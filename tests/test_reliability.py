@@ -48,7 +48,6 @@ def tiny_raw(resume: bool) -> dict:
             "gradsim": {"average_epochs": 2},
         },
         "clean": {"methods": ["ce"]},
-        "gal_agreement": {"rates": []},
     }
 
 

@@ -13,6 +13,7 @@ from conftest import tiny_image
 from pipeline.data.images import encode_png
 from pipeline.errors import DataError, ValidationFailed
 from pipeline.io import read_json, read_table, staged_outputs, write_json, write_table
+from pipeline.registry import score_schema
 from pipeline.schemas import CLASS_NAMES_KEY, CLEANED, INGESTED, NOISY, SCORES, TableSchema, class_names_of
 from pipeline.validation import validate
 
@@ -158,18 +159,20 @@ def test_check_extra_columns() -> None:
 
 
 def test_declared_method_columns_are_checked() -> None:
-    """A declared extra column (GSS's direction_pool) must have its type, and its rows must be pools."""
+    """A declared method column (GSS's direction_pool, from its spec) must have its type, and its rows must be
+    pools."""
+    gss = score_schema("gss")
     bad_type = scores().with_columns(pl.Series("direction_pool", [0, 1, 0, 1], dtype=pl.Int32))
     with pytest.raises(ValidationFailed, match="direction_pool"):
-        SCORES.check(bad_type.to_arrow(), "s.parquet")
-    validate(scores(), SCORES, 3, "s.parquet")
+        gss.check(bad_type.to_arrow(), "s.parquet")
+    validate(scores(), gss, 3, "s.parquet")
     pools = [[0.5, 0.5, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]  # row 11 sums to 0.6
     bad_sum = scores().with_columns(pl.Series("direction_pool", pools, dtype=pl.List(pl.Float32)))
     with pytest.raises(ValidationFailed, match=r"direction_pool has K non-negative.*sample_id 11"):
-        validate(bad_sum, SCORES, 3, "s.parquet")
+        validate(bad_sum, gss, 3, "s.parquet")
     bad_range = scores().with_columns(pl.Series("pool_entropy", [0.1, 1.5, 0.2, 0.3], dtype=pl.Float32))
     with pytest.raises(ValidationFailed, match=r"pool_entropy.*sample_id 11"):
-        validate(bad_range, SCORES, 3, "s.parquet")
+        validate(bad_range, gss, 3, "s.parquet")
 
 
 def test_check_keeps_metadata() -> None:
@@ -188,6 +191,26 @@ def test_score_columns_declare_direction_and_range() -> None:
         assert c.direction and c.min_value is not None and c.max_value is not None
     with pytest.raises(KeyError):
         SCORES.column("nope")
+
+
+def test_every_registered_column_says_what_it_holds() -> None:
+    """Each method's and detector's own columns (declared in its file) describe themselves; numeric scores
+    state their direction and at least one bound."""
+    from pipeline.detectors import DETECTORS
+    from pipeline.methods import REGISTRY
+
+    for spec in [*REGISTRY.values(), *DETECTORS.values()]:
+        for c in spec.columns:
+            assert c.description, (spec.name, c.name)
+            numeric = pa.types.is_floating(c.type) and not c.is_label
+            if numeric:
+                assert c.direction and (c.min_value is not None or c.max_value is not None), (
+                    spec.name,
+                    c.name,
+                )
+    assert score_schema("gss").column("direction_pool").distribution
+    with pytest.raises(KeyError, match="neither"):
+        score_schema("nope")
 
 
 # ------------------------------------------------------------------------------------------------ io

@@ -61,7 +61,6 @@ def raw_params(root: Path, stream: bool, workers: int = 0) -> dict:
             "gradsim": {"average_epochs": 1},
         },
         "clean": {"methods": ["ce"]},
-        "gal_agreement": {"rates": []},
     }
 
 

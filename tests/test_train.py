@@ -15,7 +15,7 @@ from pipeline.grad_similarity import grad_similarity
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.models import build_model
 from pipeline.noise import inject
-from pipeline.schemas import SCORES
+from pipeline.registry import score_schema
 from pipeline.train import TrainContext, fit, lr_factor
 from pipeline.validation import validate
 
@@ -169,7 +169,7 @@ def test_registry_method_trains_and_exports_valid_scores(name):
     assert out.probs.shape == (96, 10)
     sim = grad_similarity(method.networks(), train, ctx, k=4, seed=0)  # every method has a scoring pass
     frame = scores_frame(name, ctx, out, 0.5, sim)
-    validate(frame, SCORES, 10, f"scores/{name}.parquet")
+    validate(frame, score_schema(name), 10, f"scores/{name}.parquet")
     assert frame["sample_id"].to_list() == train.sample_ids.tolist()
     assert frame["grad_similarity"].null_count() == 0 and frame["grad_similarity"].is_between(-1, 1).all()
     # state round trip: a fresh instance loaded from the state predicts identically

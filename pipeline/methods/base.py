@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 
 from pipeline.data.memory import ImageData
+from pipeline.schemas import SCORES, Column, TableSchema
 from pipeline.train import EpochResult, TrainContext
 
 
@@ -62,22 +63,53 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registry entry: the method's name, its options model and its builder."""
+    """A registry entry: everything the rest of the pipeline knows about a method, from its own file.
+
+    Attributes:
+        name: registry and stage name (`train@<name>`, `scores/<name>.parquet`, `method.<name>` options).
+        options: pydantic model of `method.<name>` (unknown keys fail); an optional `warmups()` method
+            returns {option key: epochs} that must leave some of `train.epochs`.
+        build: `(options, TrainContext) -> Method`.
+        summary: one line for the docs and `--help`.
+        columns: the score columns the method adds to SCORES (written by `export`, checked on write and
+            on read like the contract columns).
+        report_section: `(ReportInputs, name) -> HTML` for the report (`pipeline.figures.ReportInputs`), or
+            None for no section of its own.
+        plots: `dvc.yaml` plot definitions of the method's own log columns ({title: {x, y, ...}}, paths
+            under `logs/`); `tests/test_dvc_plots.py` checks dvc.yaml against them.
+    """
 
     name: str
     options: type[BaseModel]
     build: Callable[[Any, TrainContext], Method]
     summary: str
+    columns: tuple[Column, ...] = ()
+    report_section: Callable[[Any, str], str] | None = None
+    plots: tuple[dict[str, Any], ...] = ()
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method to `REGISTRY` (a module-level `SPEC = register(MethodSpec(...))` in the method's file)."""
     if spec.name in REGISTRY:
         raise ValueError(f"method '{spec.name}' registered twice")
+    clash = {c.name for c in spec.columns} & {c.name for c in SCORES.columns}
+    if clash:
+        raise ValueError(f"method '{spec.name}': columns {sorted(clash)} are SCORES contract columns")
     REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a method from `REGISTRY` (tests that register a method of their own)."""
+    REGISTRY.pop(name)
+
+
+def method_scores_schema(name: str) -> TableSchema:
+    """SCORES with the columns method `name` declares."""
+    return SCORES.with_extra(REGISTRY[name].columns)
 
 
 def scores_frame(

@@ -11,7 +11,13 @@ from pydantic import Field, field_validator
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.methods.selection import KeptTracker, forget_rate_at, resolve_forget_rate, small_loss_indices
+from pipeline.methods.selection import (
+    KEPT_COLUMNS,
+    KeptTracker,
+    forget_rate_at,
+    resolve_forget_rate,
+    small_loss_indices,
+)
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -103,6 +109,10 @@ class Coteaching:
 
 SPEC = register(
     MethodSpec(
-        "coteaching", CoteachingOptions, Coteaching, "Co-teaching: two networks exchanging small-loss samples"
+        "coteaching",
+        CoteachingOptions,
+        Coteaching,
+        "Co-teaching: two networks exchanging small-loss samples",
+        columns=KEPT_COLUMNS,
     )
 )

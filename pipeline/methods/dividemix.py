@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -40,6 +41,7 @@ from torch import nn
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData, to_device
 from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -405,8 +407,26 @@ def divide_both(
     return divisions, gmm_s
 
 
+COLUMNS = (
+    Column(
+        "clean_probability",
+        pa.float32(),
+        min_value=0.0,
+        max_value=1.0,
+        direction="higher = more likely clean",
+        description="DivideMix, GSS-SSL: GMM posterior of the low-loss component, mean of both "
+        "networks, after training.",
+    ),
+)
+"""The score columns this method adds to SCORES (pipeline.schemas.Column)."""
+
+
 SPEC = register(
     MethodSpec(
-        "dividemix", DivideMixOptions, DivideMix, "DivideMix: GMM co-divide + MixMatch on two networks"
+        "dividemix",
+        DivideMixOptions,
+        DivideMix,
+        "DivideMix: GMM co-divide + MixMatch on two networks",
+        columns=COLUMNS,
     )
 )

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -54,6 +55,7 @@ from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.models import build_model
+from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -724,6 +726,57 @@ class GAL:
         self.update_gen.set_state(state["update_gen"])
 
 
+COLUMNS = (
+    Column("joint_pseudo_label", pa.int32(), is_label=True, description="GAL: argmax of p_A + p_B."),
+    Column(
+        "joint_confidence",
+        pa.float32(),
+        min_value=0.0,
+        max_value=1.0,
+        direction="higher = θA and θB more confident in joint_pseudo_label",
+        description="GAL: max of ½(p_A + p_B).",
+    ),
+    Column("ab_disagree", pa.bool_(), description="GAL: θA and θB predict different classes."),
+)
+"""The score columns this method adds to SCORES (pipeline.schemas.Column)."""
+
+
+def report_section(r, name: str) -> str:
+    """The report's gate figure (`pipeline.figures.ReportInputs` -> HTML): the share of parameters GAL
+    updated, per epoch."""
+    from pipeline.figures import curves
+
+    log = r.logs[name]
+    if "agreement_ratio" not in log.columns:
+        return ""
+    opts = GALOptions.model_validate(r.params.method.get(name) or {})
+    return (
+        "<h2>GAL: the agreement gate</h2>"
+        f"<p>Share of parameters updated per epoch: a pair of gradients moves a parameter only where their "
+        f"cosine is at least τ = {opts.tau:g} (granularity {opts.granularity}); NaN in the "
+        f"{opts.warmup_epochs}-epoch warm-up.</p>"
+        + curves({name: log}, None, "agreement_ratio", "GAL: share of parameters updated (gate)")
+    )
+
+
+PLOTS = (
+    {
+        "GAL agreement ratio per step (share of parameters updated)": {
+            "x": "step",
+            "y": {"logs/steps/gal.csv": "agreement_ratio"},
+        }
+    },
+)
+
+
 SPEC = register(
-    MethodSpec("gal", GALOptions, GAL, "GAL: gradient-agreement updates of θA/θB, θC on their pseudo-labels")
+    MethodSpec(
+        "gal",
+        GALOptions,
+        GAL,
+        "GAL: gradient-agreement updates of θA/θB, θC on their pseudo-labels",
+        columns=COLUMNS,
+        report_section=report_section,
+        plots=PLOTS,
+    )
 )

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -28,6 +29,7 @@ from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.grad_similarity import last_layer_cosine, similarity_weights
 from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -199,11 +201,77 @@ class GradSim:
         self.weight_count.copy_(state["weight_count"])
 
 
+COLUMNS = (
+    Column(
+        "gradsim_weight",
+        pa.float32(),
+        nullable=True,
+        min_value=0.0,
+        direction="higher = gradient agrees with more of its batch (more likely clean); 1.0 = average",
+        description="gradsim: the sample's similarity weight × batch size, mean over the last "
+        "average_epochs epochs; null if it was never in a batch then.",
+    ),
+    Column(
+        "gradsim_rank",
+        pa.int32(),
+        min_value=1,
+        direction="lower = higher gradsim_weight (1 = most trusted)",
+        description="gradsim: rank of gradsim_weight over the training set, 1-based, ties by row.",
+    ),
+)
+"""The score columns this method adds to SCORES (pipeline.schemas.Column)."""
+
+
+def _ranking_figure(log, realised: float | None) -> str:
+    """Mislabeled samples among each batch's top-10 and bottom-10 weights, epoch means (epoch log columns
+    top10_noisy, bottom10_noisy)."""
+    from pipeline.figures import plt, png
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.plot(log["epoch"], log["top10_noisy"], marker=".", label="top-10 weights (lower is better)")
+    ax.plot(log["epoch"], log["bottom10_noisy"], marker=".", label="bottom-10 weights (higher is better)")
+    if realised is not None:
+        ax.axhline(10 * realised, color="k", ls="--", lw=1, label=f"random pick (10 × {realised:.2f})")
+    ax.set_ylim(0, 10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mislabeled samples of 10")
+    ax.set_title("gradsim: mislabeled samples in each batch's top / bottom 10")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return png(fig)
+
+
+def report_section(r, name: str) -> str:
+    """The report's ranking figure (`pipeline.figures.ReportInputs` -> HTML); empty without the truth."""
+    log = r.logs[name]
+    if not r.truth_known or "top10_noisy" not in log.columns:
+        return ""
+    return (
+        "<h2>gradsim: how the weights rank mislabeled samples</h2>"
+        "<p>The ranking figures of the gradient-similarity thesis (panels b and c): mislabeled samples among "
+        "each batch's top 10 and bottom 10 weights, mean per epoch.</p>"
+        + _ranking_figure(log, r.metrics["noise"]["realised_rate"])
+    )
+
+
+PLOTS = (
+    {
+        "gradsim ranking (mislabeled samples among each batch's top / bottom 10 weights)": {
+            "x": "epoch",
+            "y": {"logs/gradsim.csv": ["top10_noisy", "bottom10_noisy"]},
+        }
+    },
+)
+
+
 SPEC = register(
     MethodSpec(
         "gradsim",
         GradSimOptions,
         GradSim,
         "gradient-similarity reweighting: per-sample weights from last-layer gradient cosines",
+        columns=COLUMNS,
+        report_section=report_section,
+        plots=PLOTS,
     )
 )

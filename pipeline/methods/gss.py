@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -45,6 +46,7 @@ from pydantic import Field
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.methods.dividemix import COLUMNS as DIVIDEMIX_COLUMNS
 from pipeline.methods.dividemix import (
     DivideMixOptions,
     codivide_epoch,
@@ -52,6 +54,7 @@ from pipeline.methods.dividemix import (
     rampup,
     warmup_epoch,
 )
+from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -396,8 +399,103 @@ def _as_lists(q: torch.Tensor) -> pl.Series:
     return pl.Series(q.float().cpu().numpy()).cast(pl.List(pl.Float32))
 
 
+COLUMNS = (
+    Column(
+        "direction_pool",
+        pa.list_(pa.float32()),
+        distribution=True,
+        description="GSS: the (first) network's direction pool D / ΣD, length K (SSL: the pool in use, "
+        "labeled- or unlabeled-set). Mass on the given label = 1 - noise_score for one network.",
+    ),
+    Column(
+        "direction_pool_peer",
+        pa.list_(pa.float32()),
+        distribution=True,
+        description="GSS-DB / GSS-SSL: the second network's direction pool, length K.",
+    ),
+    Column(
+        "pool_entropy",
+        pa.float32(),
+        min_value=0.0,
+        max_value=1.0,
+        direction="higher = pool closer to uniform (the label is uncertain)",
+        description="GSS: entropy of direction_pool / log K.",
+    ),
+    Column(
+        "pool_entropy_peer",
+        pa.float32(),
+        min_value=0.0,
+        max_value=1.0,
+        direction="higher = pool closer to uniform",
+        description="GSS-DB / GSS-SSL: entropy of direction_pool_peer / log K.",
+    ),
+)
+"""The score columns this method adds to SCORES (pipeline.schemas.Column)."""
+
+
+POOL_PARTS = (
+    ("given", "given label ỹ"),
+    ("pred", "predicted label (≠ ỹ)"),
+    ("other", "other classes"),
+)
+
+
+def _pools_figure(log, method: str) -> str:
+    """The mean pool mass on the given, the predicted and the other labels over training, for clean and for
+    mislabeled samples (epoch log columns pool_*)."""
+    from pipeline.figures import plt, png
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, group, title in ((axes[0], "clean", "clean samples"), (axes[1], "noisy", "mislabeled samples")):
+        for i, (part, label) in enumerate(POOL_PARTS):
+            col = f"pool_{part}_{group}"
+            if col in log.columns:
+                ax.plot(log["epoch"], log[col], marker=".", color=f"C{i}", label=label)
+        if group == "noisy" and "pool_true_noisy" in log.columns:
+            ax.plot(log["epoch"], log["pool_true_noisy"], "k--", label="true label (not used)")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean pool mass")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{method}: where the direction pools put their mass", fontsize=11)
+    return png(fig)
+
+
+def report_section(r, name: str) -> str:
+    """The report's direction-pool section (`pipeline.figures.ReportInputs` -> HTML); empty without the
+    truth, which the pool figures split by."""
+    log = r.logs[name]
+    if "pool_given_clean" not in log.columns:
+        return ""
+    opts = GSSOptions.model_validate(r.params.method.get(name) or {})
+    return (
+        "<h2>GSS: direction pools during training (the paper's Figure 2 idea)</h2>"
+        f"<p>variant <b>{opts.variant}</b>. Each sample's training label is drawn from its pool every "
+        "step; a mislabeled sample's pool should move its mass off the given label (onto the "
+        "predicted one, or spread out), a clean sample's should stay on it. Means after each epoch "
+        "(SSL: the pool in use for each sample).</p>" + _pools_figure(log, name)
+    )
+
+
+PLOTS = (
+    {
+        "GSS direction pools (mean mass on the given label)": {
+            "x": "epoch",
+            "y": {"logs/gss.csv": ["pool_given_clean", "pool_given_noisy"]},
+        }
+    },
+)
+
+
 SPEC = register(
     MethodSpec(
-        "gss", GSSOptions, GSS, "GSS: labels drawn from per-sample direction pools (SB, DB, or in DivideMix)"
+        "gss",
+        GSSOptions,
+        GSS,
+        "GSS: labels drawn from per-sample direction pools (SB, DB, or in DivideMix)",
+        columns=COLUMNS + DIVIDEMIX_COLUMNS,
+        report_section=report_section,
+        plots=PLOTS,
     )
 )

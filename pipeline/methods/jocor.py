@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
@@ -18,7 +19,14 @@ from pydantic import Field, field_validator
 from pipeline.config import Strict
 from pipeline.data.memory import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
-from pipeline.methods.selection import KeptTracker, forget_rate_at, resolve_forget_rate, small_loss_indices
+from pipeline.methods.selection import (
+    KEPT_COLUMNS,
+    KeptTracker,
+    forget_rate_at,
+    resolve_forget_rate,
+    small_loss_indices,
+)
+from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
     EpochResult,
@@ -168,6 +176,25 @@ class JoCoR:
         self.last_loss = state["last_loss"].to(self.ctx.device)
 
 
+COLUMNS = (
+    Column(
+        "joint_loss",
+        pa.float32(),
+        nullable=True,
+        min_value=0.0,
+        direction="higher = more likely noisy",
+        description="JoCoR: last joint loss (CE + contrast) of the sample; null if never seen.",
+    ),
+)
+"""The score columns this method adds to SCORES (pipeline.schemas.Column)."""
+
+
 SPEC = register(
-    MethodSpec("jocor", JoCoROptions, JoCoR, "JoCoR: N networks, joint loss, small-loss selection")
+    MethodSpec(
+        "jocor",
+        JoCoROptions,
+        JoCoR,
+        "JoCoR: N networks, joint loss, small-loss selection",
+        columns=KEPT_COLUMNS + COLUMNS,
+    )
 )

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.schemas import Column
 
 
 def forget_rate_at(epoch: int, forget_rate: float, num_gradual: int, exponent: float) -> float:
@@ -68,3 +70,16 @@ class KeptTracker:
     def load_state_dict(self, state: dict) -> None:
         self.counts = state["counts"].to(self.device)
         self.epochs = int(state["epochs"])
+
+
+KEPT_COLUMNS = (
+    Column(
+        "kept_fraction",
+        pa.float32(),
+        min_value=0.0,
+        max_value=1.0,
+        direction="higher = selected as small-loss more often (more likely clean)",
+        description="JoCoR, Co-teaching: share of epochs the sample was selected.",
+    ),
+)
+"""Score columns of the small-loss selection methods (JoCoR, Co-teaching)."""

@@ -13,7 +13,8 @@ import polars as pl
 from pipeline.config import Params
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_json, read_table, staged_outputs
-from pipeline.schemas import CLEANED, INGESTED, SCORES
+from pipeline.registry import score_schema
+from pipeline.schemas import CLEANED, INGESTED
 from pipeline.validation import validate
 
 
@@ -38,7 +39,7 @@ def run_clean(
 
     scores, names = {}, None
     for m in params.clean.methods:
-        scores[m], names = read_table(scores_dir / f"{m}.parquet", SCORES)
+        scores[m], names = read_table(scores_dir / f"{m}.parquet", score_schema(m))
     share = params.clean.max_share
     if share == "auto":
         est = (read_json(noise_report).get("estimate") or {}) if noise_report is not None else {}

@@ -12,12 +12,8 @@ import polars as pl
 
 from pipeline.config import Params
 from pipeline.io import read_csv, read_json, read_table, staged_outputs
-from pipeline.schemas import AGREEMENT_COLUMNS, CLEANED, INGESTED, NOISY, SCORES
-
-
-def _header_only(path: Path) -> bool:
-    """A CSV holding its header line alone (the sweep skipped with `gal_agreement.rates: []`)."""
-    return path.is_file() and len(path.read_bytes().strip().splitlines()) == 1
+from pipeline.registry import score_schema
+from pipeline.schemas import CLEANED, INGESTED, NOISY
 
 
 def run_evaluate(
@@ -32,7 +28,6 @@ def run_evaluate(
     metrics_out: Path,
     plots_dir: Path,
     report_out: Path,
-    agreement_path: Path | None = None,
     datalab_path: Path | None = None,
     summary_out: Path | None = None,
     retrain_log: Path | None = None,
@@ -44,14 +39,13 @@ def run_evaluate(
     `metrics_out` gets every figure; `summary_out` (when given) the headline ones that `dvc metrics show`
     prints (`pipeline.evaluate.headline`).
 
-    `agreement_path` is the `gal_agreement` stage's table (GAL's Figure 1), `datalab_path` the `datalab`
-    stage's near duplicates and outliers; each skipped when None.
+    `datalab_path` is the `datalab` stage's near duplicates and outliers (its section skipped when None).
     """
     from pipeline.evaluate import collect_metrics, headline, pr_curve
     from pipeline.report import render_report
 
     noisy, names = read_table(noisy_path, NOISY)
-    scores = {m: read_table(scores_dir / f"{m}.parquet", SCORES)[0] for m in params.scored}
+    scores = {m: read_table(scores_dir / f"{m}.parquet", score_schema(m))[0] for m in params.scored}
     logs = {
         m: read_csv(logs_dir / f"{m}.csv", ("epoch", "test_acc"), f"training log of train@{m}")
         for m in params.scored
@@ -59,10 +53,7 @@ def run_evaluate(
     cleaned, _ = read_table(cleaned_path, CLEANED)
     retrain = read_json(retrain_path)
     report = read_json(noise_report_path)
-    agreement = None
-    if agreement_path is not None and not _header_only(agreement_path):  # rates: [] writes no rows
-        agreement = read_csv(agreement_path, AGREEMENT_COLUMNS, "GAL agreement table (gal_agreement stage)")
-    metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params, agreement)
+    metrics = collect_metrics(noisy, scores, logs, cleaned, retrain, report, params)
     curves = {m: pr_curve(noisy, s) for m, s in scores.items()}
     train_images, _ = read_table(ingested_dir / "train.parquet", INGESTED)
     sections = []
@@ -92,7 +83,6 @@ def run_evaluate(
         class_names=names,
         images=train_images,
         params=params,
-        agreement=agreement,
         sections=tuple(sections),
     )
     with staged_outputs() as out:

@@ -124,7 +124,9 @@ def _fold_estimate(
 ) -> tuple[np.ndarray, list[float], dict]:
     """Out-of-fold probabilities of K-fold CE models, each early-stopped on its held-out fold."""
     from pipeline.noise.estimate import fold_estimate
+    from pipeline.params import check_backbones
 
+    check_backbones(params)  # the stage skips it up front: the probe estimate builds no network
     device = resolve_device(params.train.device)
     cfg = params.train
     data = load_split(train, given, cfg.stored_size, cfg.channels, device, workers=cfg.workers)

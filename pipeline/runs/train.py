@@ -1,5 +1,5 @@
 """Stage train@<method>: one registry method on the noisy labels, and the training helpers the noise,
-retrain and gal_agreement stages share.
+retrain stage (and the experiments) share.
 
 The stage script calls the `run_*` function here; it writes through `staged_outputs()`, so nothing
 appears unless it all succeeded.
@@ -23,8 +23,8 @@ from pipeline.distributed import Dist, device_for, from_env, process_group
 from pipeline.errors import ConfigError, DataError
 from pipeline.grad_similarity import grad_similarity
 from pipeline.io import read_json, read_table, staged_outputs
-from pipeline.methods import REGISTRY, scores_frame
-from pipeline.schemas import INGESTED, NOISY, OOF_PROBS, POOL_HISTORY, SCORES
+from pipeline.methods import REGISTRY, method_scores_schema, scores_frame
+from pipeline.schemas import INGESTED, NOISY, OOF_PROBS, POOL_HISTORY
 from pipeline.train import FitResult, TrainContext, fit, resolve_device
 from pipeline.validation import check_values
 
@@ -226,14 +226,15 @@ def run_train(
         )
         sim_seconds = time.perf_counter() - t0
         scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
-        check_values(scores, SCORES, len(names), str(scores_out), rows=len(train))
+        schema = method_scores_schema(name)
+        check_values(scores, schema, len(names), str(scores_out), rows=len(train))
         history = output.history
         if history is not None:
             check_values(history, POOL_HISTORY, len(names), str(history_out))
         else:
             history = POOL_HISTORY.arrow_schema().empty_table()
         with staged_outputs() as out:
-            out.write_table(scores_out, scores, SCORES, names)
+            out.write_table(scores_out, scores, schema, names)
             out.write_table(history_out, history, POOL_HISTORY, names)
             out.write_csv(log_out, pl.DataFrame(res.log))
             out.write_csv(steps_out, pl.from_dicts(res.steps, infer_schema_length=None))
