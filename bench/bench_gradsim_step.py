@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pipeline.grad_similarity import features_and_logits  # noqa: E402
+from pipeline.gradient_cosine import features_and_logits  # noqa: E402
 from pipeline.methods.gradsim import GradSimOptions, batch_weights  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402

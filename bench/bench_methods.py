@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.data.memory import load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
+from pipeline.data.tensors import load_split  # noqa: E402
 from pipeline.evaluate import detection_metrics, similarity_detection  # noqa: E402
-from pipeline.grad_similarity import grad_similarity  # noqa: E402
+from pipeline.gradient_cosine import grad_similarity_scores  # noqa: E402
 from pipeline.methods import scores_frame  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> None:
             "median_epoch_seconds": float(np.median(per_epoch)),
         }
         t0 = time.perf_counter()
-        sim = grad_similarity(m.networks(), train, ctx, k=cfg.similarity_top_k, seed=params.seed)
+        sim = grad_similarity_scores(m.networks(), train, ctx, k=cfg.similarity_top_k, seed=params.seed)
         row["sim_share"] = (time.perf_counter() - t0) / res.seconds
         if truth is not None:
             f = scores_frame(method, ctx, m.export(), cfg.flag_threshold, sim)

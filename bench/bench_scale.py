@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.config import Params  # noqa: E402
-from pipeline.data.memory import ImageData, load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
+from pipeline.data.tensors import ImageData, load_split  # noqa: E402
 from pipeline.methods import REGISTRY  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.params import load_params  # noqa: E402

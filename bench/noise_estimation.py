@@ -16,8 +16,8 @@ from pathlib import Path
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.memory import load_split  # noqa: E402
 from pipeline.data.sources import ingest  # noqa: E402
+from pipeline.data.tensors import load_split  # noqa: E402
 from pipeline.noise import apply_noise  # noqa: E402
 from pipeline.noise.estimate import estimate_noise, out_of_fold_probs  # noqa: E402
 from pipeline.params import load_params  # noqa: E402

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.config import TrainParams
-from pipeline.data.memory import ImageData, Normalizer, augment, batch_indices, to_device
+from pipeline.data.tensors import ImageData, Normalizer, augment, batch_indices, to_device
 from pipeline.distributed import Dist, ShardedForward, wrap_ddp
 from pipeline.errors import ConfigError
 from pipeline.models import FeaturesAndLogits, build_model, resolve_pretrained
@@ -228,6 +228,12 @@ def lr_factor(epoch: float, cfg: TrainParams, total_epochs: int | None = None) -
     return 1.0
 
 
+def scheduled_lr(epoch: int, cfg: TrainParams) -> float:
+    """The learning rate every method's schedule gives at `epoch` (0-based), for the log: `train.lr` times
+    `lr_factor` (the classifier's rate; a pretrained backbone's is × `backbone_lr_scale`, 0 while frozen)."""
+    return cfg.lr * lr_factor(epoch, cfg)
+
+
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, total_epochs: int | None = None):
     """Per-epoch LambdaLR over `lr_factor` (call `.step()` once per epoch); a group's `frozen_epochs` first
     epochs run at lr 0 (the backbone while only the head trains)."""
@@ -418,7 +424,7 @@ def fit(
         clean = None if truth is None else (truth == ctx.train.labels)
         wrote = False  # whether this run has written `checkpoint` (removed again if the loss blows up)
         for epoch in range(start, epochs):
-            lr = float(method.lr()) if hasattr(method, "lr") else float("nan")
+            lr = scheduled_lr(epoch, ctx.cfg)
             t0 = time.perf_counter()
             res: EpochResult = method.train_epoch(epoch)
             if ctx.device.type == "cuda":

@@ -19,7 +19,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from pipeline.config import TrainParams
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.distributed import from_env, process_group
 from pipeline.methods import REGISTRY
 from pipeline.noise import inject

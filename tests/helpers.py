@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 from pipeline.config import TrainParams
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.noise import inject
 
 TINY_ARCH = dict(backbone="resnet18", model_kwargs={"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]})

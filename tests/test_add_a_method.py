@@ -19,7 +19,7 @@ from helpers import ingest_and_noise
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.methods import REGISTRY, MethodOutput, MethodSpec, register, unregister
 from pipeline.params import parse_params
 from pipeline.schemas import Column
@@ -52,17 +52,17 @@ class ToyMargin:
     def __init__(self, opts: ToyOptions, ctx: TrainContext) -> None:
         self.options, self.ctx = opts, ctx
         self.nets = build_nets(ctx, 1)
-        self.opts = [make_optimizer(self.nets[0], ctx.cfg)]
-        self.scheds = [make_scheduler(self.opts[0], ctx.cfg)]
+        self.optimizers = [make_optimizer(self.nets[0], ctx.cfg)]
+        self.schedulers = [make_scheduler(self.optimizers[0], ctx.cfg)]
 
     def train_epoch(self, epoch: int) -> EpochResult:
         acc = Accumulator(self.ctx.device)
         self.nets[0].train()
         for idx in self.ctx.batches():
             _, x, y = self.ctx.train_batch(idx)
-            loss, logits = ce_step(self.nets[0], self.opts[0], x, y, self.ctx)
+            loss, logits = ce_step(self.nets[0], self.optimizers[0], x, y, self.ctx)
             acc.add(loss, logits, y)
-        self.scheds[0].step()
+        self.schedulers[0].step()
         return acc.result()
 
     def predict(self, data: ImageData) -> torch.Tensor:
@@ -84,14 +84,11 @@ class ToyMargin:
             extra={"margin": margin.cpu().numpy().astype(np.float32)},
         )
 
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
-        return nets_state(self.nets, self.opts, self.scheds)
+        return nets_state(self.nets, self.optimizers, self.schedulers)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_nets_state(state, self.nets, self.opts, self.scheds)
+        load_nets_state(state, self.nets, self.optimizers, self.schedulers)
 
 
 MARGIN = Column(

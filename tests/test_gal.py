@@ -271,9 +271,9 @@ def test_gal_runs_logs_agreement_and_round_trips_state(trained):
     clone.load_state_dict(method.state_dict())
     assert torch.equal(clone.predict(ctx.test), method.predict(ctx.test))
     assert clone.cloned
-    for x, y in zip(clone.a.parameters(), method.a.parameters(), strict=True):
+    for x, y in zip(clone.net_a.parameters(), method.net_a.parameters(), strict=True):
         assert torch.equal(x, y)
-    assert clone.lr() == method.lr()
+    assert clone.opt_a.param_groups[0]["lr"] == method.opt_a.param_groups[0]["lr"]
 
 
 def test_scores_frame_with_the_joint_columns_validates(trained):
@@ -296,12 +296,14 @@ def test_clone_gives_identical_twins_and_identical_sampling_keeps_them_identical
     method.train_epoch(0)
     assert not method.cloned
     method._clone()
-    for x, y, z in zip(method.a.parameters(), method.b.parameters(), method.theta.parameters(), strict=True):
+    for x, y, z in zip(
+        method.net_a.parameters(), method.net_b.parameters(), method.theta.parameters(), strict=True
+    ):
         assert torch.equal(x, y) and torch.equal(x, z) and x is not z
-    assert method.lr() == method.opt.param_groups[0]["lr"] and not method.opt_a.state
+    assert method.opt_a.param_groups[0]["lr"] == method.opt.param_groups[0]["lr"] and not method.opt_a.state
     res = method.train_epoch(1)  # same batch, same augmentation, same weights: full agreement
     assert res.extra["agreement_ratio"] > 0.99
-    for x, y in zip(method.a.parameters(), method.b.parameters(), strict=True):
+    for x, y in zip(method.net_a.parameters(), method.net_b.parameters(), strict=True):
         assert torch.equal(x, y)
 
 
@@ -329,7 +331,7 @@ def test_option_variants_run(over):
     probs = method.predict(test)
     assert probs.shape == (16, 10) and torch.allclose(probs.sum(-1), torch.ones(16), atol=1e-5)
     if not opts.third_net:
-        assert method.c is None
+        assert method.net_c is None
     clone = REGISTRY["gal"].build(opts, ctx)
     clone.load_state_dict(method.state_dict())
     assert torch.equal(clone.predict(test), probs)
@@ -347,7 +349,7 @@ def _forward_counts(method) -> dict[str, int]:
         return count
 
     for name in ("a", "b", "c"):
-        getattr(method, name).register_forward_hook(hook(name))
+        getattr(method, f"net_{name}").register_forward_hook(hook(name))
     return counts
 
 

@@ -111,7 +111,7 @@ def test_db_updates_each_pool_from_the_peers_predictions():
     method.train_epoch(2)
     seen = method.seen  # each network's softmax of every sample from this epoch's training passes
     assert not torch.allclose(seen[0], seen[1])  # differently initialised networks disagree somewhat
-    y, o = ctx.train.labels, method.o
+    y, o = ctx.train.labels, method.options
     from_peer = update_pools(before, y, seen.flip(0), 2, 3, o.lambda1, o.lambda2)
     from_self = update_pools(before, y, seen, 2, 3, o.lambda1, o.lambda2)
     torch.testing.assert_close(method.pools, from_peer)
@@ -157,7 +157,7 @@ def test_history_and_exports_validate():
 def test_state_round_trip_keeps_pools_and_the_sampling_generator():
     method, ctx = _gss("db", epochs=2)
     method.train_epoch(0)
-    clone = REGISTRY["gss"].build(method.o, ctx)
+    clone = REGISTRY["gss"].build(method.options, ctx)
     clone.load_state_dict(method.state_dict())
     assert torch.equal(clone.pools, method.pools)
     rows = torch.arange(len(ctx.train))

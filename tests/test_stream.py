@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.memory import ImageData
 from pipeline.data.stream import StreamedImages
+from pipeline.data.tensors import ImageData
 from pipeline.errors import DataError
 from pipeline.io import read_table
 from pipeline.methods import REGISTRY

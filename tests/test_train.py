@@ -10,13 +10,13 @@ import torch
 from sklearn.datasets import load_digits
 
 from pipeline.config import AugmentParams, TrainParams
-from pipeline.data.memory import ImageData, augment, batch_indices
-from pipeline.grad_similarity import grad_similarity
+from pipeline.data.tensors import ImageData, augment, batch_indices
+from pipeline.gradient_cosine import grad_similarity_scores
 from pipeline.methods import REGISTRY, scores_frame
 from pipeline.models import build_model
 from pipeline.noise import inject
 from pipeline.registry import score_schema
-from pipeline.train import TrainContext, fit, lr_factor
+from pipeline.train import TrainContext, fit, lr_factor, make_optimizer, make_scheduler, scheduled_lr
 from pipeline.validation import validate
 
 TINY = dict(
@@ -151,6 +151,26 @@ def test_lr_schedules(schedule):
         assert all(a >= b for a, b in zip(f[2:], f[3:], strict=False)) and f[-1] < 0.05
 
 
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
+def test_the_logged_lr_is_the_classifier_optimiser_lr(schedule):
+    """The epoch log's lr (`scheduled_lr`, one function for every method) is what the shared scheduler sets
+    on the first parameter group: the classifier's, also with a scaled and frozen backbone."""
+    for extra in ({}, {"backbone_lr_scale": 0.3, "freeze_backbone_epochs": 1}):
+        cfg = TrainParams(
+            **{**TINY, "schedule": schedule, "milestones": [3], "epochs": 6, "warmup_epochs": 1}
+        )
+        cfg = cfg.model_copy(update=extra)
+        opt = make_optimizer(build_model(cfg, 10, 1, seed=0), cfg)
+        sched = make_scheduler(opt, cfg)
+        for epoch in range(cfg.epochs):
+            assert opt.param_groups[0]["lr"] == pytest.approx(scheduled_lr(epoch, cfg), rel=1e-12), (
+                extra,
+                epoch,
+            )
+            opt.step()
+            sched.step()
+
+
 # -------------------------------------------------------------------------------- every registry method
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_method_trains_and_exports_valid_scores(name):
@@ -167,7 +187,9 @@ def test_registry_method_trains_and_exports_valid_scores(name):
     )
     out = method.export()
     assert out.probs.shape == (96, 10)
-    sim = grad_similarity(method.networks(), train, ctx, k=4, seed=0)  # every method has a scoring pass
+    sim = grad_similarity_scores(
+        method.networks(), train, ctx, k=4, seed=0
+    )  # every method has a scoring pass
     frame = scores_frame(name, ctx, out, 0.5, sim)
     validate(frame, score_schema(name), 10, f"scores/{name}.parquet")
     assert frame["sample_id"].to_list() == train.sample_ids.tolist()

@@ -11,7 +11,7 @@ import polars as pl
 import torch
 from pydantic import BaseModel
 
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.schemas import SCORES, Column, TableSchema
 from pipeline.train import EpochResult, TrainContext
 
@@ -50,9 +50,6 @@ class Method(Protocol):
 
     def export(self) -> MethodOutput:
         """Per-sample outputs over ctx.train after training."""
-
-    def lr(self) -> float:
-        """Current learning rate (for the log)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Every piece of state needed to resume (networks, optimisers, schedulers, method state)."""
@@ -100,6 +97,11 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"method '{spec.name}': columns {sorted(clash)} are SCORES contract columns")
     REGISTRY[spec.name] = spec
     return spec
+
+
+def log_plot(title: str, log: str, y: str | list[str], x: str = "epoch") -> dict[str, Any]:
+    """One dvc.yaml plot of a method's log columns (`MethodSpec.plots`): {title: {x, y: {log: y}}}."""
+    return {title: {"x": x, "y": {log: y}}}
 
 
 def unregister(name: str) -> None:

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.train import (
     Accumulator,
@@ -37,8 +37,8 @@ class CrossEntropy:
     def __init__(self, opts: CEOptions, ctx: TrainContext) -> None:
         self.ctx = ctx
         self.nets = build_nets(ctx, opts.nets)
-        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
-        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+        self.optimizers = [make_optimizer(n, ctx.cfg) for n in self.nets]
+        self.schedulers = [make_scheduler(opt, ctx.cfg) for opt in self.optimizers]
 
     def train_epoch(self, epoch: int) -> EpochResult:
         acc = Accumulator(self.ctx.device)
@@ -46,11 +46,11 @@ class CrossEntropy:
             n.train()
         for idx in progress(self.ctx.batches(), self.ctx, f"ce e{epoch + 1}"):
             _, x, y = self.ctx.train_batch(idx)
-            for k, (net, opt) in enumerate(zip(self.nets, self.opts, strict=True)):
+            for k, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
                 loss, logits = ce_step(net, opt, x, y, self.ctx)
                 if k == 0:  # the log follows the first network
                     acc.add(loss, logits, y)
-        for s in self.scheds:
+        for s in self.schedulers:
             s.step()
         return acc.result()
 
@@ -63,14 +63,11 @@ class CrossEntropy:
     def export(self) -> MethodOutput:
         return MethodOutput(self.predict(self.ctx.train))
 
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
-        return nets_state(self.nets, self.opts, self.scheds)
+        return nets_state(self.nets, self.optimizers, self.schedulers)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_nets_state(state, self.nets, self.opts, self.scheds)
+        load_nets_state(state, self.nets, self.optimizers, self.schedulers)
 
 
 SPEC = register(MethodSpec("ce", CEOptions, CrossEntropy, "cross-entropy baseline (1 or 2 networks)"))

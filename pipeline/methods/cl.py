@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.errors import ConfigError
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.train import (
@@ -22,8 +22,10 @@ from pipeline.train import (
     TrainContext,
     build_nets,
     ce_step,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict,
     progress,
 )
@@ -87,16 +89,11 @@ class ConfidentLearning:
     def export(self) -> MethodOutput:
         return MethodOutput(self.ctx.oof_probs.float(), noise_score=self.noise_score, flagged=self.flags)
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+        return nets_state([self.net], [self.opt], [self.sched])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
+        load_nets_state(state, [self.net], [self.opt], [self.sched])
 
 
 SPEC = register(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.methods.selection import (
     KEPT_COLUMNS,
@@ -51,16 +51,16 @@ class Coteaching:
     """Two networks; network A steps on B's small-loss samples and vice versa."""
 
     def __init__(self, opts: CoteachingOptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         self.tau = resolve_forget_rate(opts.forget_rate, ctx.noise_rate, "method.coteaching.forget_rate")
         self.nets = build_nets(ctx, 2)
-        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
-        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+        self.optimizers = [make_optimizer(n, ctx.cfg) for n in self.nets]
+        self.schedulers = [make_scheduler(opt, ctx.cfg) for opt in self.optimizers]
         self.kept = KeptTracker(len(ctx.train), ctx.device)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         ctx = self.ctx
-        forget = forget_rate_at(epoch, self.tau, self.o.num_gradual, self.o.exponent)
+        forget = forget_rate_at(epoch, self.tau, self.options.num_gradual, self.options.exponent)
         kept, acc = self.kept.new_epoch(), Accumulator(ctx.device)
         for n in self.nets:
             n.train()
@@ -71,15 +71,15 @@ class Coteaching:
             ce_a = F.cross_entropy(la, y, reduction="none")
             ce_b = F.cross_entropy(lb, y, reduction="none")
             pick_a, pick_b = small_loss_indices(ce_a, forget), small_loss_indices(ce_b, forget)
-            for opt in self.opts:
+            for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             (ce_a[pick_b].mean() + ce_b[pick_a].mean()).backward()  # the two graphs are disjoint
-            for opt in self.opts:
+            for opt in self.optimizers:
                 opt.step()
             kept[idx[pick_a]] = True
             kept[idx[pick_b]] = True
             acc.add(ce_a[pick_b], la, y)  # the log follows network A on its peer's pick
-        for s in self.scheds:
+        for s in self.schedulers:
             s.step()
         self.kept.end_epoch(kept)
         return acc.result(kept, forget_rate=forget)
@@ -93,17 +93,14 @@ class Coteaching:
     def export(self) -> MethodOutput:
         return MethodOutput(self.predict(self.ctx.train), extra={"kept_fraction": self.kept.fraction()})
 
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
         return {
-            **nets_state(self.nets, self.opts, self.scheds),
+            **nets_state(self.nets, self.optimizers, self.schedulers),
             "kept": self.kept.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_nets_state(state, self.nets, self.opts, self.scheds)
+        load_nets_state(state, self.nets, self.optimizers, self.schedulers)
         self.kept.load_state_dict(state["kept"])
 
 

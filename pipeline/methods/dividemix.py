@@ -39,7 +39,7 @@ from scipy.special import betaincinv
 from torch import nn
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData, to_device
+from pipeline.data.tensors import ImageData, to_device
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.schemas import Column
 from pipeline.train import (
@@ -154,17 +154,17 @@ class Division:
     labeled: torch.Tensor  # (N,) bool, clean_prob > p_threshold
 
 
-def divide(losses: torch.Tensor, o: DivideMixOptions, seed: int) -> Division:
+def divide(losses: torch.Tensor, options: DivideMixOptions, seed: int) -> Division:
     """GMM on one network's per-sample losses -> its Division of the training set."""
     prob = gmm_clean_probability(
         losses.float().cpu().numpy(),
-        max_iter=o.gmm_max_iter,
-        tol=o.gmm_tol,
-        reg_covar=o.gmm_reg_covar,
+        max_iter=options.gmm_max_iter,
+        tol=options.gmm_tol,
+        reg_covar=options.gmm_reg_covar,
         seed=seed,
     )
     w = torch.as_tensor(prob, dtype=torch.float32, device=losses.device)
-    return Division(w, w > o.p_threshold)
+    return Division(w, w > options.p_threshold)
 
 
 def _cycle(ctx: TrainContext, rows: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -185,7 +185,7 @@ def mixmatch_step(
     idx_x: torch.Tensor,
     idx_u: torch.Tensor,
     w: torch.Tensor,
-    o: DivideMixOptions,
+    options: DivideMixOptions,
     lambda_u: float,
     *,
     label_x: LabelFn | None = None,
@@ -198,7 +198,7 @@ def mixmatch_step(
         idx_x: (B,) labeled training rows; idx_u: (B',) unlabeled rows, B' ≥ 0 (0: no L_u).
         w: (N,) clean probabilities from the peer's division (labeled refinement weights; GSS-SSL also
             weights its unlabeled pool draws by them).
-        o: options; lambda_u: the ramped L_u weight for this step.
+        options: the method's options; lambda_u: the ramped L_u weight for this step.
         label_x: labels of the labeled rows for the refinement (default: the given labels). GSS-SSL passes
             draws from the labeled-set pools.
         hint_u: GSS-SSL: labels drawn from the unlabeled-set pools, mixed into the co-guess as
@@ -219,7 +219,7 @@ def mixmatch_step(
             o1, o2 = ctx.parallel(net)(x1).float(), ctx.parallel(net)(x2).float()
         lab = y if label_x is None else label_x(idx_x)
         px = 0.5 * (o1.softmax(-1) + o2.softmax(-1))
-        tx = sharpen(wx * F.one_hot(lab, k).float() + (1.0 - wx) * px, o.temperature)
+        tx = sharpen(wx * F.one_hot(lab, k).float() + (1.0 - wx) * px, options.temperature)
         if has_u:
             _, u1, _ = ctx.train_batch(idx_u)
             _, u2, _ = ctx.train_batch(idx_u)
@@ -229,11 +229,11 @@ def mixmatch_step(
                 idx_u = to_device(idx_u, ctx.device)
                 wu = w[idx_u][:, None]
                 pu = wu * F.one_hot(hint_u(idx_u), k).float() + (1.0 - wu) * pu
-            tu = sharpen(pu, o.temperature)
+            tu = sharpen(pu, options.temperature)
     inputs = [x1, x2] + ([u1, u2] if has_u else [])
     targets = [tx, tx] + ([tu, tu] if has_u else [])
     all_x, all_t = torch.cat(inputs), torch.cat(targets)
-    lam = beta_draw(o.alpha, ctx.gen)
+    lam = beta_draw(options.alpha, ctx.gen)
     lam = max(lam, 1.0 - lam)
     perm = to_device(torch.randperm(len(all_x), generator=ctx.gen), ctx.device)
     mixed_x = lam * all_x + (1.0 - lam) * all_x[perm]
@@ -244,7 +244,7 @@ def mixmatch_step(
     lx = -(F.log_softmax(logits[:nx], -1) * mixed_t[:nx]).sum(-1)
     lu = ((logits[nx:].softmax(-1) - mixed_t[nx:]) ** 2).mean() if has_u else logits.new_zeros(())
     loss = lx.mean() + lambda_u * lu
-    if o.prior_penalty:
+    if options.prior_penalty:
         prior = torch.full((k,), 1.0 / k, device=logits.device)
         mean_p = logits.softmax(-1).mean(0)
         loss = loss + (prior * (prior / mean_p.clamp_min(1e-12)).log()).sum()
@@ -277,7 +277,7 @@ def codivide_epoch(
     nets: list[nn.Module],
     opts: list[torch.optim.Optimizer],
     ctx: TrainContext,
-    o: DivideMixOptions,
+    options: DivideMixOptions,
     epoch: int,
     divisions: list[Division],
     desc: str,
@@ -308,7 +308,9 @@ def codivide_epoch(
         batches = list(ctx.batches(labeled))
         for i, idx_x in enumerate(progress(batches, ctx, f"{desc} net{j + 1}")):
             idx_u = next(u_iter) if u_iter is not None else idx_x[:0]
-            lam_u = o.lambda_u * rampup(epoch + i / max(len(batches), 1), o.warmup_epochs, o.rampup_epochs)
+            lam_u = options.lambda_u * rampup(
+                epoch + i / max(len(batches), 1), options.warmup_epochs, options.rampup_epochs
+            )
             lx, logits, y, lu = mixmatch_step(
                 net,
                 peer,
@@ -317,7 +319,7 @@ def codivide_epoch(
                 idx_x,
                 idx_u,
                 div.clean_prob,
-                o,
+                options,
                 lam_u,
                 label_x=None if label_x is None else label_x[j],
                 hint_u=None if hint_u is None else hint_u[j],
@@ -335,30 +337,30 @@ class DivideMix:
     """Two networks, CE warm-up, then per-epoch GMM co-divide and MixMatch (see the module docstring)."""
 
     def __init__(self, opts: DivideMixOptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         self.nets = build_nets(ctx, 2)
-        self.opts = [make_optimizer(n, ctx.cfg) for n in self.nets]
-        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+        self.optimizers = [make_optimizer(n, ctx.cfg) for n in self.nets]
+        self.schedulers = [make_scheduler(opt, ctx.cfg) for opt in self.optimizers]
 
     def train_epoch(self, epoch: int) -> EpochResult:
-        ctx, o = self.ctx, self.o
-        if epoch < o.warmup_epochs:
-            res = warmup_epoch(self.nets, self.opts, ctx, f"dividemix warm-up e{epoch + 1}")
+        ctx, options = self.ctx, self.options
+        if epoch < options.warmup_epochs:
+            res = warmup_epoch(self.nets, self.optimizers, ctx, f"dividemix warm-up e{epoch + 1}")
         else:
-            divisions, gmm_s = divide_both(self.nets, ctx, o)
+            divisions, gmm_s = divide_both(self.nets, ctx, options)
             acc, lu = codivide_epoch(
-                self.nets, self.opts, ctx, o, epoch, divisions, f"dividemix e{epoch + 1}"
+                self.nets, self.optimizers, ctx, options, epoch, divisions, f"dividemix e{epoch + 1}"
             )
             kept = divisions[0].labeled | divisions[1].labeled
             res = acc.result(
                 kept,
                 labeled_fraction=0.5
                 * float(divisions[0].labeled.float().mean() + divisions[1].labeled.float().mean()),
-                lambda_u=o.lambda_u * rampup(epoch + 1, o.warmup_epochs, o.rampup_epochs),
+                lambda_u=options.lambda_u * rampup(epoch + 1, options.warmup_epochs, options.rampup_epochs),
                 loss_u=float(lu),
                 gmm_seconds=gmm_s,
             )
-        for s in self.scheds:
+        for s in self.schedulers:
             s.step()
         return res
 
@@ -370,7 +372,7 @@ class DivideMix:
 
     def export(self) -> MethodOutput:
         """Both networks' mean probabilities; `clean_probability` from a last GMM on each network's losses."""
-        divisions, _ = divide_both(self.nets, self.ctx, self.o)
+        divisions, _ = divide_both(self.nets, self.ctx, self.options)
         clean = 0.5 * (divisions[0].clean_prob + divisions[1].clean_prob)
         return MethodOutput(
             self.predict(self.ctx.train),
@@ -378,20 +380,17 @@ class DivideMix:
             extra={"clean_probability": clean.cpu().numpy().astype(np.float32)},
         )
 
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
         return {
-            **nets_state(self.nets, self.opts, self.scheds),
+            **nets_state(self.nets, self.optimizers, self.schedulers),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_nets_state(state, self.nets, self.opts, self.scheds)
+        load_nets_state(state, self.nets, self.optimizers, self.schedulers)
 
 
 def divide_both(
-    nets: list[nn.Module], ctx: TrainContext, o: DivideMixOptions, probs_out: list | None = None
+    nets: list[nn.Module], ctx: TrainContext, options: DivideMixOptions, probs_out: list | None = None
 ) -> tuple[list[Division], float]:
     """Each network's eval-mode losses and GMM division; returns (divisions, seconds spent in the GMM fits).
 
@@ -402,7 +401,7 @@ def divide_both(
         if probs_out is not None:
             probs_out.append(probs)
         t0 = time.perf_counter()
-        divisions.append(divide(losses, o, ctx.seed + j))
+        divisions.append(divide(losses, options, ctx.seed + j))
         gmm_s += time.perf_counter() - t0
     return divisions, gmm_s
 

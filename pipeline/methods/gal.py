@@ -1,4 +1,5 @@
-"""GAL: Gradient Agreement Learning (papers/gal-gradient-agreement-learning.txt, read as ALGORITHMS.md says).
+"""GAL: Gradient Agreement Learning (Yan et al., "Gradient Agreement Hinders the Memorization of Noisy
+Labels", Applied Sciences 2023; how it is read: docs/methods.md).
 
 Phases, counted in the shared driver's epochs (the warm-up is part of `train.epochs`):
 
@@ -52,8 +53,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
-from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.data.tensors import ImageData
+from pipeline.methods.base import MethodOutput, MethodSpec, log_plot, register
 from pipeline.models import build_model
 from pipeline.schemas import Column
 from pipeline.train import (
@@ -61,8 +62,10 @@ from pipeline.train import (
     EpochResult,
     TrainContext,
     ce_step,
+    load_nets_state,
     make_optimizer,
     make_scheduler,
+    nets_state,
     predict,
     progress,
 )
@@ -83,7 +86,7 @@ class GALOptions(Strict):
     # updated and the gate only measured (the paper's Figure 1 experiment)
     update: Literal["agreement", "random", "all"] = "agreement"
     third_net: bool = True  # train θC on the joint pseudo-labels and report it
-    # θC's p_joint: eval = eval-mode forwards of A and B on θC's batch (Algorithm 2, ALGORITHMS.md);
+    # θC's p_joint: eval = eval-mode forwards of A and B on θC's batch (the paper's Algorithm 2);
     # train = the softmaxes of A's and B's own training passes over each CDAS cycle half (no extra forwards;
     # needs sampling cdas or identical, see the module docstring)
     joint_from: Literal["eval", "train"] = "eval"
@@ -385,9 +388,9 @@ def masked_step(
     keys = [[k for k, v in opt.state[p].items() if torch.is_tensor(v)] if p in opt.state else [] for p in mp]
     snaps = [{k: opt.state[p][k].clone() for k in ks} for p, ks in zip(mp, keys, strict=True)]
     opt.step()
-    for i, o, snap in zip(mixed, old, snaps, strict=True):
+    for i, before, snap in zip(mixed, old, snaps, strict=True):
         p, m = params[i], masks[i]
-        p.copy_(torch.where(m, p, o))
+        p.copy_(torch.where(m, p, before))
         for k, v in opt.state[p].items():
             if not torch.is_tensor(v) or v.shape != p.shape:
                 continue  # per-tensor scalars (Adam's step): the tensor was partly updated, so it counts
@@ -480,12 +483,12 @@ class GAL:
     """
 
     def __init__(self, opts: GALOptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         self.theta = self._net(ctx.seed)
         self.opt = make_optimizer(self.theta, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
-        self.c = self._net(ctx.seed + 2) if opts.third_net else None
-        self.a = self.b = None
+        self.net_c = self._net(ctx.seed + 2) if opts.third_net else None
+        self.net_a = self.net_b = None
         self.opt_a = self.opt_b = self.opt_c = None
         self.sched_a = self.sched_b = self.sched_c = None
         self.cloned = False
@@ -513,37 +516,37 @@ class GAL:
 
     def _clone(self) -> None:
         """θA = θB = copy(θ) with fresh optimisers; θC gets its optimiser."""
-        self.a, self.b = copy.deepcopy(self.theta), copy.deepcopy(self.theta)
-        self.opt_a, self.sched_a = self._opt_at_current_epoch(self.a)
-        self.opt_b, self.sched_b = self._opt_at_current_epoch(self.b)
-        if self.c is not None:
-            self.opt_c, self.sched_c = self._opt_at_current_epoch(self.c)
+        self.net_a, self.net_b = copy.deepcopy(self.theta), copy.deepcopy(self.theta)
+        self.opt_a, self.sched_a = self._opt_at_current_epoch(self.net_a)
+        self.opt_b, self.sched_b = self._opt_at_current_epoch(self.net_b)
+        if self.net_c is not None:
+            self.opt_c, self.sched_c = self._opt_at_current_epoch(self.net_c)
         self.cloned = True
 
     # ------------------------------------------------------------------------------------------- training
     def train_epoch(self, epoch: int) -> EpochResult:
-        if epoch < self.o.warmup_epochs:
+        if epoch < self.options.warmup_epochs:
             return self._warmup_epoch(epoch)
         if not self.cloned:
             self._clone()
-        ctx, o = self.ctx, self.o
+        ctx, options = self.ctx, self.options
         acc = Accumulator(ctx.device)
         c_loss = torch.zeros((), device=ctx.device)
-        nets = [self.a, self.b] + ([self.c] if self.c is not None else [])
+        nets = [self.net_a, self.net_b] + ([self.net_c] if self.net_c is not None else [])
         for n in nets:
             n.train()
-        pa, pb = list(self.a.parameters()), list(self.b.parameters())
-        select = {"agreement": None, "random": self._random_select, "all": _update_all}[o.update]
+        pa, pb = list(self.net_a.parameters()), list(self.net_b.parameters())
+        select = {"agreement": None, "random": self._random_select, "all": _update_all}[options.update]
         updated, gates, unit_gates, cosines = [], [], [], []
         held = None  # joint_from train: (X^a as A saw it, A's softmax on it, B's softmax on X^b)
         for ia, ib in progress(self.sampler.epoch(ctx.gen), ctx, f"gal e{epoch + 1}"):
             _, xa, ya = ctx.train_batch(ia)
-            if o.sampling == "identical":
+            if options.sampling == "identical":
                 xb, yb = xa, ya  # same images, same augmentation: gradients agree exactly
             else:
                 _, xb, yb = ctx.train_batch(ib)
             with ctx.amp:
-                la, lb = ctx.parallel(self.a)(xa).float(), ctx.parallel(self.b)(xb).float()
+                la, lb = ctx.parallel(self.net_a)(xa).float(), ctx.parallel(self.net_b)(xb).float()
             loss_a = F.cross_entropy(la, ya, reduction="none")
             loss_b = F.cross_entropy(lb, yb, reduction="none")
             self.opt_a.zero_grad(set_to_none=True)
@@ -554,9 +557,9 @@ class GAL:
                 self.opt_b,
                 pa,
                 pb,
-                tau=o.tau,
-                granularity=o.granularity,
-                on=o.agreement_on,
+                tau=options.tau,
+                granularity=options.granularity,
+                on=options.agreement_on,
                 select=select,
             )
             if select is None:
@@ -567,13 +570,13 @@ class GAL:
             unit_gates.append(stats.unit_gate)
             cosines.append(stats.mean_cosine)
             acc.add(loss_a.detach(), la.detach(), ya)  # the log follows A
-            if self.c is None:
+            if self.net_c is None:
                 continue
-            if o.joint_from == "eval":
+            if options.joint_from == "eval":
                 c_loss += self._c_step(xa) * len(ya)
                 continue
             sa, sb = la.detach().softmax(-1), lb.detach().softmax(-1)  # (B, K) each
-            if o.sampling == "identical":
+            if options.sampling == "identical":
                 c_loss += self._c_step(xa, 0.5 * (sa + sb)) * len(ya)
             elif self.sampler.phase in (1, 3):  # first step of a cycle half: A on X^a, B on X^b
                 held = (xa, sa, sb)
@@ -595,7 +598,7 @@ class GAL:
         return acc.result(
             steps=steps,
             agreement_ratio=steps["agreement_ratio"].mean().item() if updated else float("nan"),
-            c_loss=c_loss.item() / max(acc.seen, 1) if self.c is not None else float("nan"),
+            c_loss=c_loss.item() / max(acc.seen, 1) if self.net_c is not None else float("nan"),
         )
 
     def _warmup_epoch(self, epoch: int) -> EpochResult:
@@ -625,19 +628,19 @@ class GAL:
         eval-mode forwards of A and B on x. Returns the loss ()."""
         ctx = self.ctx
         if pj is None:
-            self.a.eval()
-            self.b.eval()
+            self.net_a.eval()
+            self.net_b.eval()
             try:
                 with torch.no_grad(), ctx.amp:
-                    pa, pb = ctx.parallel(self.a)(x).float(), ctx.parallel(self.b)(x).float()
+                    pa, pb = ctx.parallel(self.net_a)(x).float(), ctx.parallel(self.net_b)(x).float()
                     pj = 0.5 * (pa.softmax(-1) + pb.softmax(-1))  # (B, K)
             finally:
-                self.a.train()
-                self.b.train()
+                self.net_a.train()
+                self.net_b.train()
         with ctx.amp:
-            logp = F.log_softmax(ctx.parallel(self.c)(x).float(), -1)  # (B, K)
+            logp = F.log_softmax(ctx.parallel(self.net_c)(x).float(), -1)  # (B, K)
         conf, yhat = pj.max(-1)
-        l_c = ((conf > self.o.epsilon).float() * F.nll_loss(logp, yhat, reduction="none")).mean()
+        l_c = ((conf > self.options.epsilon).float() * F.nll_loss(logp, yhat, reduction="none")).mean()
         l_d = F.kl_div(logp, pj, reduction="batchmean")  # mean over the batch of KL(p_joint ‖ p_C)
         loss = l_c + l_d
         self.opt_c.zero_grad(set_to_none=True)
@@ -649,21 +652,21 @@ class GAL:
     def predict(self, data: ImageData) -> torch.Tensor:
         if not self.cloned:
             return predict(self.theta, data, self.ctx)
-        if self.c is not None:
-            return predict(self.c, data, self.ctx)
-        return 0.5 * (predict(self.a, data, self.ctx) + predict(self.b, data, self.ctx))
+        if self.net_c is not None:
+            return predict(self.net_c, data, self.ctx)
+        return 0.5 * (predict(self.net_a, data, self.ctx) + predict(self.net_b, data, self.ctx))
 
     def networks(self) -> list[torch.nn.Module]:
         """The networks behind `predict`: θ during the warm-up, then θC, or θA and θB without θC."""
         if not self.cloned:
             return [self.theta]
-        return [self.c] if self.c is not None else [self.a, self.b]
+        return [self.net_c] if self.net_c is not None else [self.net_a, self.net_b]
 
     def export(self) -> MethodOutput:
         """θC's probabilities (A+B mean without θC, θ during warm-up) and the joint A/B columns."""
         train = self.ctx.train
         if self.cloned:
-            p_a, p_b = predict(self.a, train, self.ctx), predict(self.b, train, self.ctx)
+            p_a, p_b = predict(self.net_a, train, self.ctx), predict(self.net_b, train, self.ctx)
             joint = 0.5 * (p_a + p_b)
             disagree = p_a.argmax(-1) != p_b.argmax(-1)
         else:
@@ -679,47 +682,35 @@ class GAL:
             },
         )
 
-    def lr(self) -> float:
-        return (self.opt_a if self.cloned else self.opt).param_groups[0]["lr"]
-
     # --------------------------------------------------------------------------------------------- state
+    def _twins(self) -> tuple[list[nn.Module], list, list]:
+        """After the clone: θA, θB (and θC) with their optimisers and schedulers."""
+        nets, opts, scheds = [self.net_a, self.net_b], [self.opt_a, self.opt_b], [self.sched_a, self.sched_b]
+        if self.net_c is not None:
+            nets, opts, scheds = nets + [self.net_c], opts + [self.opt_c], scheds + [self.sched_c]
+        return nets, opts, scheds
+
     def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {
+        return {
             "cloned": self.cloned,
-            "theta": self.theta.state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "c": None if self.c is None else self.c.state_dict(),
+            "theta": nets_state([self.theta], [self.opt], [self.sched]),
+            "c": None
+            if self.net_c is None
+            else self.net_c.state_dict(),  # θC's weights before it has an optimiser
+            "twins": nets_state(*self._twins()) if self.cloned else None,
             "sampler": self.sampler.state_dict(),
             "gate_sum": self.gate_sum,
             "gate_count": self.gate_count,
             "update_gen": self.update_gen.get_state(),
         }
-        if self.cloned:
-            st["a"], st["b"] = self.a.state_dict(), self.b.state_dict()
-            st["opt_a"], st["opt_b"] = self.opt_a.state_dict(), self.opt_b.state_dict()
-            st["sched_a"], st["sched_b"] = self.sched_a.state_dict(), self.sched_b.state_dict()
-            if self.c is not None:
-                st["opt_c"], st["sched_c"] = self.opt_c.state_dict(), self.sched_c.state_dict()
-        return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta.load_state_dict(state["theta"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        if self.c is not None:
-            self.c.load_state_dict(state["c"])
+        load_nets_state(state["theta"], [self.theta], [self.opt], [self.sched])
+        if self.net_c is not None:
+            self.net_c.load_state_dict(state["c"])
         if state["cloned"]:
             self._clone()
-            self.a.load_state_dict(state["a"])
-            self.b.load_state_dict(state["b"])
-            self.opt_a.load_state_dict(state["opt_a"])
-            self.opt_b.load_state_dict(state["opt_b"])
-            self.sched_a.load_state_dict(state["sched_a"])
-            self.sched_b.load_state_dict(state["sched_b"])
-            if self.c is not None:
-                self.opt_c.load_state_dict(state["opt_c"])
-                self.sched_c.load_state_dict(state["sched_c"])
+            load_nets_state(state["twins"], *self._twins())
         self.sampler.load_state_dict(state["sampler"])
         self.gate_sum = state["gate_sum"].to(self.ctx.device)
         self.gate_count = int(state["gate_count"])
@@ -760,12 +751,12 @@ def report_section(r, name: str) -> str:
 
 
 PLOTS = (
-    {
-        "GAL agreement ratio per step (share of parameters updated)": {
-            "x": "step",
-            "y": {"logs/steps/gal.csv": "agreement_ratio"},
-        }
-    },
+    log_plot(
+        "GAL agreement ratio per step (share of parameters updated)",
+        "logs/steps/gal.csv",
+        "agreement_ratio",
+        x="step",
+    ),
 )
 
 

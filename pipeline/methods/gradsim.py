@@ -1,7 +1,8 @@
-"""Gradient-similarity reweighting (the thesis in papers/gradient-similarity-reweighting.txt).
+"""Gradient-similarity reweighting (J. Wei, "Label Noise Reduction Without Assumptions", Dartmouth TR2020-899,
+2020; how it is read: docs/methods.md).
 
 In each minibatch, sample i's weight is w_i ∝ Σ over its top-k partners j of exp(a · D_ij), where D is the
-cosine of the per-example gradients of the last linear layer (closed form, `pipeline.grad_similarity`);
+cosine of the per-example gradients of the last linear layer (closed form, `pipeline.gradient_cosine`);
 the weights sum to 1 and the loss is Σ w_i · CE_i with w detached. A sample whose gradient few others agree
 with (a mislabeled one, the thesis argues) is down-weighted.
 
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
-from pipeline.grad_similarity import last_layer_cosine, similarity_weights
-from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.data.tensors import ImageData
+from pipeline.gradient_cosine import last_layer_cosine, similarity_weights
+from pipeline.methods.base import MethodOutput, MethodSpec, log_plot, register
 from pipeline.schemas import Column
 from pipeline.train import (
     Accumulator,
@@ -107,7 +108,7 @@ class GradSim:
     """One network trained on gradient-similarity-weighted cross-entropy."""
 
     def __init__(self, opts: GradSimOptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         (self.net,) = build_nets(ctx, 1)
         self.opt = make_optimizer(self.net, ctx.cfg)
         self.sched = make_scheduler(self.opt, ctx.cfg)
@@ -119,8 +120,8 @@ class GradSim:
         self.noisy = None if truth is None else truth != ctx.train.labels
 
     def train_epoch(self, epoch: int) -> EpochResult:
-        ctx, o = self.ctx, self.o
-        record = epoch >= ctx.cfg.epochs - o.average_epochs
+        ctx, options = self.ctx, self.options
+        record = epoch >= ctx.cfg.epochs - options.average_epochs
         acc = Accumulator(ctx.device)
         self.net.train()
         ranks = []
@@ -131,7 +132,7 @@ class GradSim:
             logits = logits.float()
             loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
             with torch.no_grad():
-                w, w_train = batch_weights(h.float(), logits.softmax(-1), y, o, bias=self.bias)
+                w, w_train = batch_weights(h.float(), logits.softmax(-1), y, options, bias=self.bias)
             self.opt.zero_grad(set_to_none=True)
             (w_train * loss).sum().backward()
             self.opt.step()
@@ -184,9 +185,6 @@ class GradSim:
                 "gradsim_rank": rank.cpu().numpy().astype(np.int32),
             },
         )
-
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -255,12 +253,11 @@ def report_section(r, name: str) -> str:
 
 
 PLOTS = (
-    {
-        "gradsim ranking (mislabeled samples among each batch's top / bottom 10 weights)": {
-            "x": "epoch",
-            "y": {"logs/gradsim.csv": ["top10_noisy", "bottom10_noisy"]},
-        }
-    },
+    log_plot(
+        "gradsim ranking (mislabeled samples among each batch's top / bottom 10 weights)",
+        "logs/gradsim.csv",
+        ["top10_noisy", "bottom10_noisy"],
+    ),
 )
 
 

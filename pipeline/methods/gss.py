@@ -1,4 +1,5 @@
-"""GSS: Gradient Switching Strategy (papers/gss-gradient-switching-strategy.txt, read as ALGORITHMS.md says).
+"""GSS: Gradient Switching Strategy (Yu et al., "How to Prevent the Continuous Damage of Noises to Model
+Training?", CVPR 2024; how it is read: docs/methods.md).
 
 Every sample n owns a direction pool D_n ∈ R^K (one per network for the dual branch), initialised to
 one-hot(ỹ_n) and held on the training device as one (P, N, K) tensor. Every iteration the training label
@@ -23,7 +24,7 @@ After epoch e of E (0-based), `update_pools` adds
   GMM (so the update costs nothing extra), with e the epoch just finished. The CE warm-up uses ỹ.
 
 Where p comes from (`pool_probs`, sb/db): `eval` (default) runs one eval-mode, no-augmentation pass over
-the training set after each epoch, as ALGORITHMS.md reads the paper; `train` instead records each sample's
+the training set after each epoch, as docs/methods.md reads the paper; `train` instead records each sample's
 softmax from its own training forward pass of the epoch (detached, no extra pass). On the 2-core CPU the
 eval pass (batch 512, no autograd) costs under 5% of an epoch, so both keep GSS-SB at CE's cost.
 
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
-from pipeline.methods.base import MethodOutput, MethodSpec, register
+from pipeline.data.tensors import ImageData
+from pipeline.methods.base import MethodOutput, MethodSpec, log_plot, register
 from pipeline.methods.dividemix import COLUMNS as DIVIDEMIX_COLUMNS
 from pipeline.methods.dividemix import (
     DivideMixOptions,
@@ -203,11 +204,11 @@ class GSS:
     """GSS-SB / GSS-DB / GSS-SSL (see the module docstring)."""
 
     def __init__(self, opts: GSSOptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         n = 1 if opts.variant == "sb" else 2
         self.nets = build_nets(ctx, n)
-        self.opts = [make_optimizer(net, ctx.cfg) for net in self.nets]
-        self.scheds = [make_scheduler(o, ctx.cfg) for o in self.opts]
+        self.optimizers = [make_optimizer(net, ctx.cfg) for net in self.nets]
+        self.schedulers = [make_scheduler(opt, ctx.cfg) for opt in self.optimizers]
         labels = ctx.train.labels
         # sb/db: (P, N, K) pools; ssl: (2, N, K) labeled-set pools + (2, N, K) unlabeled-set pools
         self.pools = init_pools(labels, ctx.num_classes, n)
@@ -220,42 +221,42 @@ class GSS:
 
     # ------------------------------------------------------------------------------------------- training
     def train_epoch(self, epoch: int) -> EpochResult:
-        res = self._ssl_epoch(epoch) if self.o.variant == "ssl" else self._branch_epoch(epoch)
-        for s in self.scheds:
+        res = self._ssl_epoch(epoch) if self.options.variant == "ssl" else self._branch_epoch(epoch)
+        for s in self.schedulers:
             s.step()
-        if self.o.history:
+        if self.options.history:
             self.history.append((epoch + 1, normalise(self.active_pools()).half().cpu()))
         return res
 
     def _branch_epoch(self, epoch: int) -> EpochResult:
         """SB / DB: draw labels from the pools every step, then update the pools after the epoch."""
-        ctx, o = self.ctx, self.o
+        ctx, options = self.ctx, self.options
         acc, switched = Accumulator(ctx.device), []
         for net in self.nets:
             net.train()
-        for idx in progress(ctx.batches(), ctx, f"gss-{o.variant} e{epoch + 1}"):
+        for idx in progress(ctx.batches(), ctx, f"gss-{options.variant} e{epoch + 1}"):
             idx, x, y = ctx.train_batch(idx)
             draws = sample_pools(self.pools[:, idx], self.gen)  # (P, B): one multinomial for all networks
-            for j, (net, opt) in enumerate(zip(self.nets, self.opts, strict=True)):
+            for j, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
                 with ctx.amp:
                     logits = ctx.parallel(net)(x).float()
                 loss = F.cross_entropy(logits, draws[j], reduction="none")
                 opt.zero_grad(set_to_none=True)
                 loss.mean().backward()
                 opt.step()
-                if o.pool_probs == "train":
+                if options.pool_probs == "train":
                     self.seen[j, idx] = logits.detach().softmax(-1)
                 if j == 0:
                     acc.add(loss, logits, y)
             switched.append((draws != y).float().mean())
         probs = (
             self.seen
-            if o.pool_probs == "train"
+            if options.pool_probs == "train"
             else torch.stack([predict(n, ctx.train, ctx) for n in self.nets])
         )
-        source = probs if o.variant == "sb" else probs.flip(0)  # DB: each pool learns from its peer
+        source = probs if options.variant == "sb" else probs.flip(0)  # DB: each pool learns from its peer
         self.pools = update_pools(
-            self.pools, ctx.train.labels, source, epoch, ctx.cfg.epochs, o.lambda1, o.lambda2
+            self.pools, ctx.train.labels, source, epoch, ctx.cfg.epochs, options.lambda1, options.lambda2
         )
         extra = pool_mass_summary(self.pools[0], ctx.train.labels, probs[0].argmax(-1), ctx.train.true_labels)
         return acc.result(
@@ -267,25 +268,31 @@ class GSS:
 
     def _ssl_epoch(self, epoch: int) -> EpochResult:
         """GSS-SSL: DivideMix with labels drawn from the pools (see the module docstring)."""
-        ctx, o, dm = self.ctx, self.o, self.o.dividemix
+        ctx, options, dm = self.ctx, self.options, self.options.dividemix
         if epoch < dm.warmup_epochs:
-            return warmup_epoch(self.nets, self.opts, ctx, f"gss-ssl warm-up e{epoch + 1}")
+            return warmup_epoch(self.nets, self.optimizers, ctx, f"gss-ssl warm-up e{epoch + 1}")
         probs: list[torch.Tensor] = []
         divisions, gmm_s = divide_both(self.nets, ctx, dm, probs)
         peer = torch.stack(probs).flip(0)  # pool j learns from network 1 − j
         if epoch > 0:  # the update "after epoch e − 1", with the predictions of the networks it left
             labels, epochs = ctx.train.labels, ctx.cfg.epochs
             self.pools = update_pools(
-                self.pools, labels, peer, epoch - 1, epochs, o.labeled_lambda1, o.labeled_lambda2
+                self.pools, labels, peer, epoch - 1, epochs, options.labeled_lambda1, options.labeled_lambda2
             )
             self.upools = update_pools(
-                self.upools, labels, peer, epoch - 1, epochs, o.unlabeled_lambda1, o.unlabeled_lambda2
+                self.upools,
+                labels,
+                peer,
+                epoch - 1,
+                epochs,
+                options.unlabeled_lambda1,
+                options.unlabeled_lambda2,
             )
         label_x = [self._drawer(self.pools, j) for j in range(2)]
         hint_u = [self._drawer(self.upools, j) for j in range(2)]
         acc, lu = codivide_epoch(
             self.nets,
-            self.opts,
+            self.optimizers,
             ctx,
             dm,
             epoch,
@@ -329,10 +336,10 @@ class GSS:
     def export(self) -> MethodOutput:
         """Mean probabilities of the networks; pools, their entropy, noise = 1 − mean pool mass on ỹ."""
         ctx = self.ctx
-        if self.o.variant == "ssl":
-            divisions, _ = divide_both(self.nets, ctx, self.o.dividemix)
+        if self.options.variant == "ssl":
+            divisions, _ = divide_both(self.nets, ctx, self.options.dividemix)
             clean = 0.5 * (divisions[0].clean_prob + divisions[1].clean_prob)
-            if self.o.dividemix.warmup_epochs < ctx.cfg.epochs:  # the pools were in use
+            if self.options.dividemix.warmup_epochs < ctx.cfg.epochs:  # the pools were in use
                 self.labeled = torch.stack([divisions[1].labeled, divisions[0].labeled])
         pools = self.active_pools()
         q = normalise(pools)  # (P, N, K)
@@ -345,7 +352,7 @@ class GSS:
         if len(self.nets) == 2:
             extra["direction_pool_peer"] = _as_lists(q[1])
             extra["pool_entropy_peer"] = ent[1].cpu().numpy().astype(np.float32)
-        if self.o.variant == "ssl":
+        if self.options.variant == "ssl":
             extra["clean_probability"] = clean.cpu().numpy().astype(np.float32)
         return MethodOutput(
             self.predict(ctx.train), noise_score=1.0 - on_given, extra=extra, history=self.history_frame()
@@ -354,7 +361,7 @@ class GSS:
     def history_frame(self) -> pl.DataFrame | None:
         """Long table (sample_id, epoch, pool[, pool_peer]) of the normalised pools after every epoch, or None
         when `history` is off."""
-        if not self.o.history:
+        if not self.options.history:
             return None
         ids = self.ctx.train.sample_ids
         frames = []
@@ -370,12 +377,9 @@ class GSS:
             frames.append(pl.DataFrame(cols))
         return pl.concat(frames) if frames else None
 
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
     def state_dict(self) -> dict[str, Any]:
         return {
-            **nets_state(self.nets, self.opts, self.scheds),
+            **nets_state(self.nets, self.optimizers, self.schedulers),
             "pools": self.pools,
             "upools": self.upools,
             "seen": self.seen,
@@ -386,7 +390,7 @@ class GSS:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dev = self.ctx.device
-        load_nets_state(state, self.nets, self.opts, self.scheds)
+        load_nets_state(state, self.nets, self.optimizers, self.schedulers)
         self.pools, self.seen = state["pools"].to(dev), state["seen"].to(dev)
         self.upools = None if state["upools"] is None else state["upools"].to(dev)
         self.labeled = state["labeled"].to(dev)
@@ -479,12 +483,11 @@ def report_section(r, name: str) -> str:
 
 
 PLOTS = (
-    {
-        "GSS direction pools (mean mass on the given label)": {
-            "x": "epoch",
-            "y": {"logs/gss.csv": ["pool_given_clean", "pool_given_noisy"]},
-        }
-    },
+    log_plot(
+        "GSS direction pools (mean mass on the given label)",
+        "logs/gss.csv",
+        ["pool_given_clean", "pool_given_noisy"],
+    ),
 )
 
 

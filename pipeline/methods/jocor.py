@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from pipeline.config import Strict
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.methods.base import MethodOutput, MethodSpec, register
 from pipeline.methods.selection import (
     KEPT_COLUMNS,
@@ -106,7 +106,7 @@ class JoCoR:
     """N networks, one optimiser, joint loss with small-loss selection."""
 
     def __init__(self, opts: JoCoROptions, ctx: TrainContext) -> None:
-        self.ctx, self.o = ctx, opts
+        self.ctx, self.options = ctx, opts
         self.tau = resolve_forget_rate(opts.forget_rate, ctx.noise_rate, "method.jocor.forget_rate")
         self.pairs = pair_list(opts.nets, opts.pairs)
         self.lam = (
@@ -120,7 +120,7 @@ class JoCoR:
 
     def train_epoch(self, epoch: int) -> EpochResult:
         ctx = self.ctx
-        forget = forget_rate_at(epoch, self.tau, self.o.num_gradual, self.o.exponent)
+        forget = forget_rate_at(epoch, self.tau, self.options.num_gradual, self.options.exponent)
         kept, acc = self.kept.new_epoch(), Accumulator(ctx.device)
         for n in self.nets:
             n.train()
@@ -128,7 +128,7 @@ class JoCoR:
             idx, x, y = ctx.train_batch(idx)
             with ctx.amp:
                 logits = [ctx.parallel(net)(x).float() for net in self.nets]
-            ell = joint_loss(logits, y, self.lam, self.pairs, self.o.contrast)
+            ell = joint_loss(logits, y, self.lam, self.pairs, self.options.contrast)
             pick = small_loss_indices(ell, forget)
             loss = ell[pick].mean()
             self.opt.zero_grad(set_to_none=True)
@@ -155,9 +155,6 @@ class JoCoR:
                 "kept_fraction": self.kept.fraction(),
             },
         )
-
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainParams
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.errors import DataError
 
 

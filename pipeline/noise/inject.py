@@ -1,4 +1,4 @@
-"""Synthetic label noise as read in ALGORITHMS.md (Label noise), seeded and without global state."""
+"""Synthetic label noise (symmetric, asymmetric, pair-flip; docs/methods.md), seeded, no global state."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import Params, validate_section
-from pipeline.data.memory import load_split
+from pipeline.data.tensors import load_split
 from pipeline.errors import ConfigError
 from pipeline.io import read_table, staged_outputs
 from pipeline.noise import apply_noise, noise_report

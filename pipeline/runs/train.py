@@ -18,10 +18,10 @@ import polars as pl
 import torch
 
 from pipeline.config import Params, TrainParams, validate_section
-from pipeline.data.memory import ImageData, load_split
+from pipeline.data.tensors import ImageData, load_split
 from pipeline.distributed import Dist, device_for, from_env, process_group
 from pipeline.errors import ConfigError, DataError
-from pipeline.grad_similarity import grad_similarity
+from pipeline.gradient_cosine import grad_similarity_scores
 from pipeline.io import read_json, read_table, staged_outputs
 from pipeline.methods import REGISTRY, method_scores_schema, scores_frame
 from pipeline.schemas import INGESTED, NOISY, OOF_PROBS, POOL_HISTORY
@@ -217,7 +217,7 @@ def run_train(
         if not dist.is_main:
             return
         t0 = time.perf_counter()
-        sim = grad_similarity(
+        sim = grad_similarity_scores(
             method.networks(),
             ctx.train,
             ctx,

@@ -4,7 +4,9 @@ For cross-entropy on logits z = W h + b, the gradient of sample i with respect t
 g_i = δ_i ⊗ [h_i, 1] with δ_i = p_i − e_{ỹ_i}. So <g_i, g_j> = (δ_i·δ_j)(h_i·h_j + 1) and a whole
 minibatch's B×B cosine matrix costs two small matrix products, O(B²(K + D)), with no per-sample autograd.
 `last_layer_cosine` computes it; `topk_mean` and `similarity_weights` turn it into the per-sample scores
-of the gradient-similarity paper; `grad_similarity` is the scoring pass every method's score table gets.
+of the gradient-similarity paper; `grad_similarity_scores` is the pass that fills the `grad_similarity`
+column of every method's score table. The `gradsim` method trains with these cosines; `grad_similarity`
+is a score that every method gets, not a method.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.data.memory import ImageData
+from pipeline.data.tensors import ImageData
 from pipeline.models import FeaturesAndLogits, features_and_logits  # noqa: F401 (re-exported)
 from pipeline.train import TrainContext
 
@@ -126,7 +128,7 @@ def similarity_weights(
 
 
 @torch.no_grad()
-def grad_similarity(
+def grad_similarity_scores(
     nets: Sequence[nn.Module], data: ImageData, ctx: TrainContext, *, k: int | None, seed: int
 ) -> torch.Tensor:
     """The `grad_similarity` score of every sample: its mean top-k last-layer gradient cosine against the

@@ -1,4 +1,5 @@
-"""In-memory image data: one uint8 tensor per split, batched augmentation, batches carry sample indices."""
+"""Image splits as uint8 tensors in memory, their batched augmentation and batching (batches carry sample
+indices)."""
 
 from __future__ import annotations
 
