@@ -153,8 +153,8 @@ def test_a_method_from_one_file_runs_through_train_clean_and_evaluate(toy, tmp_p
 def test_a_method_column_that_breaks_its_declaration_is_refused(toy) -> None:
     """The column the method declares is checked on write like a contract column."""
     from pipeline.errors import ValidationFailed
-    from pipeline.methods import method_scores_schema
     from pipeline.methods.base import score_table
+    from pipeline.registry import score_schema
     from pipeline.validation import check_values
 
     probs = np.full((2, 10), 0.1, dtype=np.float32)
@@ -169,9 +169,9 @@ def test_a_method_column_that_breaks_its_declaration_is_refused(toy) -> None:
         flag_threshold=0.5,
         extra=extra,
     )
-    check_values(frame.with_columns(pl.lit(0.0).alias("margin")), method_scores_schema(NAME), 10, "x")
+    check_values(frame.with_columns(pl.lit(0.0).alias("margin")), score_schema(NAME), 10, "x")
     with pytest.raises(ValidationFailed, match=r"margin.*sample_id 1"):
-        check_values(frame, method_scores_schema(NAME), 10, "scores/toy.parquet")
+        check_values(frame, score_schema(NAME), 10, "scores/toy.parquet")
 
 
 def test_a_method_may_not_redefine_a_contract_column() -> None:

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel
 
 from pipeline.data.tensors import ImageData
-from pipeline.schemas import SCORES, Column, TableSchema
+from pipeline.schemas import SCORES, Column
 from pipeline.train import EpochResult, TrainContext
 
 
@@ -107,11 +107,6 @@ def log_plot(title: str, log: str, y: str | list[str], x: str = "epoch") -> dict
 def unregister(name: str) -> None:
     """Remove a method from `REGISTRY` (tests that register a method of their own)."""
     REGISTRY.pop(name)
-
-
-def method_scores_schema(name: str) -> TableSchema:
-    """SCORES with the columns method `name` declares."""
-    return SCORES.with_extra(REGISTRY[name].columns)
 
 
 def scores_frame(

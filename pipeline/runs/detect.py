@@ -15,7 +15,8 @@ import polars as pl
 from pipeline.config import Params, validate_section
 from pipeline.errors import DataError
 from pipeline.io import read_json, read_table, staged_outputs
-from pipeline.schemas import INGESTED, NOISY, OOF_PROBS, SCORES
+from pipeline.registry import score_schema
+from pipeline.schemas import INGESTED, NOISY, OOF_PROBS
 from pipeline.validation import check_values
 
 
@@ -72,7 +73,7 @@ def run_detect(
         name, ids, given, res.probs, noise_score=res.noise_score, flagged=res.flagged,
         flag_threshold=params.train.flag_threshold, extra=res.extra,
     )  # fmt: skip
-    schema = SCORES.with_extra(spec.columns)
+    schema = score_schema(name)
     check_values(scores, schema, len(names), str(scores_out), rows=len(ids))
     test_acc = float((res.test_probs.argmax(1) == test["label"].to_numpy()).mean())
     flagged = scores["is_flagged"].to_numpy()

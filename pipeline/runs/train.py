@@ -23,7 +23,8 @@ from pipeline.distributed import Dist, device_for, from_env, process_group
 from pipeline.errors import ConfigError, DataError
 from pipeline.gradient_cosine import grad_similarity_scores
 from pipeline.io import read_json, read_table, staged_outputs
-from pipeline.methods import REGISTRY, method_scores_schema, scores_frame
+from pipeline.methods import REGISTRY, scores_frame
+from pipeline.registry import score_schema
 from pipeline.schemas import INGESTED, NOISY, OOF_PROBS, POOL_HISTORY
 from pipeline.train import FitResult, TrainContext, fit, resolve_device
 from pipeline.validation import check_values
@@ -226,7 +227,7 @@ def run_train(
         )
         sim_seconds = time.perf_counter() - t0
         scores = scores_frame(name, ctx, output, params.train.flag_threshold, sim)
-        schema = method_scores_schema(name)
+        schema = score_schema(name)
         check_values(scores, schema, len(names), str(scores_out), rows=len(train))
         history = output.history
         if history is not None:
