@@ -10,7 +10,14 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from pipeline.detectors import DETECTORS, DetectorInput
 from pipeline.detectors.base import rank_flags
-from pipeline.detectors.knn import neighbours, vote_shares
+from pipeline.detectors.knn import (
+    KnnOptions,
+    detect_knn,
+    ivf_lists_for,
+    make_searcher,
+    neighbours,
+    vote_shares,
+)
 from pipeline.detectors.probe import probe_oof
 from pipeline.methods.base import score_table
 from pipeline.schemas import SCORES
@@ -66,6 +73,30 @@ def test_neighbours_exclude_the_row_itself_and_agree_across_backends():
     pytest.importorskip("faiss")
     fidx = neighbours(x, x, 7, exclude_self=True, backend="faiss")
     assert (np.sort(fidx, 1) == np.sort(idx, 1)).mean() > 0.99  # ties may order differently
+
+
+def test_ivf_backend_is_exact_when_it_visits_every_list_and_close_when_it_visits_few():
+    pytest.importorskip("faiss")
+    x, _, _ = clustered_features(n=2000, k=8)
+    exact = neighbours(x, x, 10, exclude_self=True, backend="faiss")
+    every = make_searcher(x, backend="faiss_ivf", ivf_lists=16, ivf_probe=16)
+    assert (
+        np.sort(neighbours(x, x, 10, exclude_self=True, search=every), 1) == np.sort(exact, 1)
+    ).mean() > 0.99
+    few = neighbours(x, x, 10, exclude_self=True, search=make_searcher(x, backend="faiss_ivf", ivf_probe=1))
+    recall = np.mean([len(np.intersect1d(a, b)) for a, b in zip(few, exact, strict=True)]) / 10
+    assert 0.3 < recall < 1.0  # 1 of ivf_lists_for(2000) = 45 lists: approximate, not exact
+    assert ivf_lists_for(2000) == 45 and ivf_lists_for(10) == 1 and ivf_lists_for(10**6) == 1000
+
+
+def test_auto_backend_switches_to_ivf_and_keeps_the_flags():
+    pytest.importorskip("faiss")
+    data, noisy = _input()
+    exact = detect_knn(KnnOptions(backend="sklearn"), data)
+    ivf = detect_knn(KnnOptions(ivf_from=100, ivf_lists=4, ivf_probe=4), data)  # 400 rows: IVF, every list
+    assert np.array_equal(ivf.flagged, exact.flagged) and np.allclose(ivf.probs, exact.probs)
+    with pytest.raises(Exception, match="unknown backend"):
+        make_searcher(data.train, backend="annoy")
 
 
 def test_vote_shares_and_rank_flags_are_pure_and_exact():

@@ -7,13 +7,15 @@ vote with their given labels. `probs` is the smoothed vote share per class, (vot
 cleanlab's `find_label_issues` on the vote shares instead. Test samples are classified by the same vote
 among the training neighbours.
 
-Neighbours come from scikit-learn's exact search, or from FAISS's exact inner-product index
-(`faiss-cpu`, installed with the project) once the training split has `faiss_from` rows or more
-(`backend: auto`; the crossover is measured by `bench/bench_neighbours.py`, see docs/results.md).
+Neighbours come from scikit-learn's exact search, from FAISS's exact inner-product index (`faiss-cpu`,
+installed with the project) once the training split has `faiss_from` rows or more, and from FAISS's
+approximate IVF index from `ivf_from` rows (`backend: auto`; the crossovers are measured by
+`bench/bench_neighbours.py`, see docs/results.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -31,34 +33,75 @@ class KnnOptions(Strict):
 
     k: int = Field(20, ge=1)  # neighbours per sample
     flag: Literal["vote", "cleanlab"] = "vote"
-    backend: Literal["auto", "sklearn", "faiss"] = "auto"
-    faiss_from: int = Field(1000, ge=1)  # auto: FAISS from this many training rows (faster from 1.5k here)
+    backend: Literal["auto", "sklearn", "faiss", "faiss_ivf"] = "auto"
+    faiss_from: int = Field(
+        1000, ge=1
+    )  # auto: exact FAISS from this many training rows (faster from 1.5k here)
+    ivf_from: int = Field(1_000_000, ge=1)  # auto: approximate FAISS IVF from this many training rows
+    ivf_lists: int | None = Field(None, ge=1)  # IVF inverted lists; None = about sqrt(training rows)
+    ivf_probe: int = Field(32, ge=1)  # IVF lists visited per query (more = closer to exact, slower)
 
 
-def neighbours(
-    base: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool, backend: str = "sklearn"
-) -> np.ndarray:
-    """(Q, k) row indices into `base` of each query's nearest neighbours by inner product (cosine on
-    L2-normalised rows), most similar first; with `exclude_self` the queries are `base` and each row's own
-    index is left out."""
-    extra = 1 if exclude_self else 0
-    kk = min(k + extra, len(base))
-    if backend == "faiss":
+def ivf_lists_for(rows: int) -> int:
+    """Inverted lists for an IVF index over `rows` rows: about sqrt(rows), at least 1, and at most one list
+    per 39 rows (FAISS's k-means wants >= 39 training points per centroid)."""
+    return int(max(1, min(round(np.sqrt(rows)), rows // 39)))
+
+
+def make_searcher(
+    base: np.ndarray, *, backend: str = "sklearn", ivf_lists: int | None = None, ivf_probe: int = 16
+) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Build the neighbour index over `base` (N, D) once; returns `search(queries (Q, D), k) -> (Q, k)` row
+    indices into `base` by inner product, most similar first.
+
+    `backend`: `sklearn` (exact, brute force), `faiss` (exact, `IndexFlatIP`) or `faiss_ivf` (approximate,
+    `IndexIVFFlat` with `ivf_lists` lists, `ivf_lists_for(N)` when None, of which `ivf_probe` are visited per
+    query; FAISS's k-means trains on at most 64 rows per list)."""
+    if backend in ("faiss", "faiss_ivf"):
         try:
             import faiss
         except ImportError:
-            raise ConfigError("detector.knn.backend: faiss needs the package faiss-cpu") from None
-        index = faiss.IndexFlatIP(base.shape[1])
-        index.add(np.ascontiguousarray(base, dtype=np.float32))
-        _, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), kk)
-    else:
-        from sklearn.neighbors import NearestNeighbors
+            raise ConfigError(f"detector.knn.backend: {backend} needs the package faiss-cpu") from None
+        rows = np.ascontiguousarray(base, dtype=np.float32)
+        if backend == "faiss":
+            index = faiss.IndexFlatIP(rows.shape[1])
+        else:
+            lists = ivf_lists or ivf_lists_for(len(rows))
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(rows.shape[1]), rows.shape[1], lists, faiss.METRIC_INNER_PRODUCT
+            )
+            index.cp.max_points_per_centroid = 64
+            index.train(rows)
+            index.nprobe = min(ivf_probe, lists)
+        index.add(rows)
 
-        idx = (
-            NearestNeighbors(n_neighbors=kk, algorithm="brute", metric="cosine")
-            .fit(base)
-            .kneighbors(queries, return_distance=False)
-        )
+        def search(queries: np.ndarray, k: int) -> np.ndarray:
+            return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+        return search
+    if backend != "sklearn":
+        raise ConfigError(f"detector.knn.backend: unknown backend {backend!r}")
+    from sklearn.neighbors import NearestNeighbors
+
+    fitted = NearestNeighbors(algorithm="brute", metric="cosine").fit(base)
+    return lambda queries, k: fitted.kneighbors(queries, n_neighbors=k, return_distance=False)
+
+
+def neighbours(
+    base: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool,
+    backend: str = "sklearn",
+    search: Callable[[np.ndarray, int], np.ndarray] | None = None,
+) -> np.ndarray:
+    """(Q, k) row indices into `base` of each query's nearest neighbours by inner product (cosine on
+    L2-normalised rows), most similar first; with `exclude_self` the queries are `base` and each row's own
+    index is left out. `search` reuses an index from `make_searcher` (else one is built with `backend`)."""
+    extra = 1 if exclude_self else 0
+    kk = min(k + extra, len(base))
+    idx = (search or make_searcher(base, backend=backend))(queries, kk)
     if not exclude_self:
         return idx[:, :k]
     rows = np.arange(len(queries))[:, None]
@@ -82,8 +125,10 @@ def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
     k = min(opts.k, len(data.train) - 1)
     backend = opts.backend
     if backend == "auto":
-        backend = "faiss" if len(data.train) >= opts.faiss_from else "sklearn"
-    idx = neighbours(data.train, data.train, k, exclude_self=True, backend=backend)
+        n = len(data.train)
+        backend = "faiss_ivf" if n >= opts.ivf_from else "faiss" if n >= opts.faiss_from else "sklearn"
+    search = make_searcher(data.train, backend=backend, ivf_lists=opts.ivf_lists, ivf_probe=opts.ivf_probe)
+    idx = neighbours(data.train, data.train, k, exclude_self=True, search=search)
     labels = np.asarray(data.labels)
     shares = vote_shares(labels[idx], data.num_classes)
     agreement = (labels[idx] == labels[:, None]).mean(1)
@@ -91,7 +136,7 @@ def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
         flags = shares.argmax(1) != labels
     else:
         flags = find_label_issues(labels, shares / shares.sum(1, keepdims=True))
-    test_idx = neighbours(data.train, data.test, k, exclude_self=False, backend=backend)
+    test_idx = neighbours(data.train, data.test, k, exclude_self=False, search=search)
     return DetectorResult(
         probs=shares.astype(np.float32),
         flagged=np.asarray(flags, dtype=bool),
