@@ -56,7 +56,7 @@ class DataParams(Strict):
     download: bool = False  # cifar*: let torchvision download into `root` when the batches are missing
     noisy_labels: str | None = None  # CIFAR-10N/100N label file (.pt or .npy) for real noise
     noisy_label_key: str = "worse_label"  # key in a CIFAR-N .pt dict (aggre_label, random_label1, ...)
-    manifest_root: str | None = None  # directory manifest paths are resolved under (default: its folder)
+    manifest_root: str | None = None  # folder manifest paths resolve under (None: the manifest's folder)
     classes: list[str] | None = (
         None  # manifest: the class list (labels must be in it); default: sorted labels
     )

@@ -65,6 +65,20 @@ def test_a_relabelled_manifest_row_reruns_ingest(repo, tmp_path):
     assert "changed deps" in out and "manifest.csv" in out, out
 
 
+def test_an_overwritten_manifest_image_reruns_ingest(repo, tmp_path):
+    images = tmp_path / "images"
+    for i in range(4):
+        save_png(images / f"{i}.png", tiny_image(i))
+    rows = [(f"{i}.png", ["cat", "dog"][i % 2]) for i in range(4)]
+    path = write_manifest(tmp_path / "lists" / "manifest.csv", rows, header="path,label")
+    out = _done_then_status(
+        repo,
+        {"source": "manifest", "root": str(path), "manifest_root": str(images)},
+        lambda: save_png(images / "2.png", tiny_image(77)),  # same name, new bytes, manifest unchanged
+    )
+    assert "changed deps" in out and str(images) in out and "manifest.csv" not in out, out
+
+
 def test_a_changed_cifar_n_label_file_reruns_ingest(repo, tmp_path):
     cifar = write_cifar10(tmp_path / "cifar")
     labels = cifar.root / "CIFAR-10_human.npy"
