@@ -210,6 +210,7 @@ def manifest_source(
         edit_params(
             data__source="manifest",
             data__root=str(src / "manifest.csv"),
+            data__manifest_root=str(src),  # the images' folder (dvc.yaml watches it)
             data__max_per_split=None,
             **{f"data__{k}": v for k, v in data_params.items()},
         )(ws)

@@ -458,6 +458,14 @@ def test_manifest_with_split_column(manifest: Manifest) -> None:
     np.testing.assert_array_equal(x[3], tiny_image(303, size=10).transpose(2, 0, 1))
 
 
+def test_manifest_images_beside_it_under_another_root_name_the_key_to_set(
+    manifest: Manifest, tmp_path: Path
+) -> None:
+    (tmp_path / "inputs").mkdir()  # the shipped data.manifest_root, which holds no images
+    with pytest.raises(DataError, match=r"row 2: image file .* not found; .*set data.manifest_root: "):
+        ingest(DataParams(source="manifest", root=str(manifest.csv), manifest_root=str(tmp_path / "inputs")))
+
+
 def test_manifest_given_class_order(manifest: Manifest) -> None:
     out = ingest(DataParams(source="manifest", root=str(manifest.csv), classes=["plane", "bird", "car"]))
     assert out.class_names == ["plane", "bird", "car"]

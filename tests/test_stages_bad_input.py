@@ -138,7 +138,12 @@ def test_missing_params_file(tmp_path: Path, capsys) -> None:
 def _manifest_params(tmp_path: Path, csv: Path, **extra) -> Path:
     return write_params(
         tmp_path,
-        {"data.source": "manifest", "data.root": str(csv), **{f"data.{k}": v for k, v in extra.items()}},
+        {
+            "data.source": "manifest",
+            "data.root": str(csv),
+            "data.manifest_root": str(csv.parent),  # the images' folder (dvc.yaml watches it)
+            **{f"data.{k}": v for k, v in extra.items()},
+        },
     )
 
 

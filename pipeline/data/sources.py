@@ -441,7 +441,16 @@ def load_manifest_source(p: DataParams) -> Ingested:
             raise DataError(f"{row_name(i)}: path {rel!r} repeats {row_name(first[rel]).split(': ')[-1]}")
         first[rel] = i
     wheres = [row_name(i) for i in range(len(paths))]
-    resolved = [resolve_under(root, r, w) for r, w in zip(paths, wheres, strict=True)]
+    try:
+        resolved = [resolve_under(root, r, w) for r, w in zip(paths, wheres, strict=True)]
+    except DataError as e:
+        bad = next(r for r, w in zip(paths, wheres, strict=True) if str(e).startswith(f"{w}:"))
+        if "not found" in str(e) and root != path.parent and (path.parent / bad).is_file():
+            raise DataError(
+                f"{e}; it is in the manifest's folder: set data.manifest_root: {path.parent} (the folder "
+                "the manifest's paths resolve under, and that dvc.yaml watches)"
+            ) from None
+        raise
     refuse_repeated_files(resolved, wheres)
     labels_np = np.asarray(labels)
     if "split" in df.columns:
