@@ -12,6 +12,10 @@ the first thing a reviewer should look at). A single method is the same rule wit
 `max_share` caps the share of rows relabelled or dropped (the noise stage's estimated rate by default):
 when more rows qualify, the ones with the highest mean noise_score over the voters are changed and the
 rest are kept, so the amount changed follows the estimated noise and does not run past it.
+
+Reviewed decisions (`decisions`, from `pipeline.review.decisions`) beat the vote: a reviewed keep, relabel
+or drop is applied as decided (`decided_by: review`), and those rows neither count against nor are changed
+by the cap. An `unsure` review leaves the vote's action, and names the reviewer.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def clean_labels(
     drop_noise_score: float,
     agreement: str = "majority",
     max_share: float | None = None,
+    decisions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Apply the policy (a vote across methods, see the module docstring) and return the CLEANED table.
 
@@ -79,6 +84,8 @@ def clean_labels(
         drop_noise_score: drop threshold on noise_score.
         agreement: "all" or "majority" of the voters must concur before a label is changed.
         max_share: at most this share of the rows is relabelled or dropped (None = no cap).
+        decisions: reviewed decisions, one row per sample (`sample_id`, `decision`, `new_label`, `reviewer`,
+            `decided_at`), as `pipeline.review.decisions.read_decisions` returns them; None = none.
 
     Returns:
         One row per sample, sorted by sample_id, in the CLEANED schema.
@@ -113,25 +120,41 @@ def clean_labels(
     need = m if agreement == "all" else m // 2 + 1
     wrong = wrong_votes >= need
     action = np.where(wrong & (best_votes >= m // 2 + 1), 1, np.where(wrong, 2, 0))
+    reviewed = _reviewed(decisions, ids, k)  # decision code per row: -1 none, 0-2 as action, 3 unsure
+    decided = (reviewed >= 0) & (reviewed <= 2)
     capped = np.zeros(n, dtype=bool)
     if max_share is not None:
         if not 0.0 <= max_share <= 1.0 or np.isnan(max_share):
             raise ValueError(f"clean_labels: max_share must be in [0, 1], not {max_share}")
-        acted = np.flatnonzero(action != 0)
+        acted = np.flatnonzero((action != 0) & ~decided)
         cap = int(np.floor(max_share * n + 1e-9))
         if len(acted) > cap:
             order = acted[np.argsort(-noise.mean(0)[acted], kind="stable")]
             capped[order[cap:]] = True
             action[capped] = 0
+    if decided.any():
+        new_label = _column(decisions, ids, "new_label", -1).astype(np.int64)
+        action = np.where(decided, reviewed, action)
+        best = np.where(decided & (reviewed == 1), new_label, best)
+        capped &= ~decided
     cleaned = np.where(action == 1, best, given)
     agree = np.where(action == 1, (prop == 1) & (target == best), np.where(action == 2, prop != 0, prop == 0))
     agreeing = agree.sum(0)
     score_of = np.where(action == 1, conf, np.where(action == 2, noise, 1.0 - noise))  # (M, N)
-    confidence = (score_of * agree).sum(0) / np.maximum(agreeing, 1)
+    confidence = np.where(decided, 1.0, (score_of * agree).sum(0) / np.maximum(agreeing, 1))
+    reviewer = _column(decisions, ids, "reviewer", None)
+    decided_at = _column(decisions, ids, "decided_at", None)
     reasons = _reasons(
         action, agree, names, given, best, confidence, class_names, relabel_confidence, drop_noise_score,
         wrong_votes, capped, max_share,
     )  # fmt: skip
+    for i in np.flatnonzero(reviewed >= 0):
+        what = ["keep", f"relabel to '{class_names[best[i]]}'", "drop", "unsure"][reviewed[i]]
+        reasons[i] = (
+            f"reviewed by {reviewer[i]}: {what}"
+            if decided[i]
+            else f"{reasons[i]}; reviewed by {reviewer[i]}: unsure, so the vote stands"
+        )
     acts = np.asarray(["keep", "relabel", "drop"])[action]
     return pl.DataFrame(
         {
@@ -149,8 +172,40 @@ def clean_labels(
             "confidence": pl.Series(confidence.clip(0, 1).astype(np.float32)),
             "reason": pl.Series(reasons, dtype=pl.String),
             "methods_agreeing": pl.Series(agreeing.astype(np.int32)),
+            "decided_by": pl.Series(np.where(decided, "review", "vote"), dtype=pl.String),
+            "reviewer": pl.Series(reviewer.tolist(), dtype=pl.String),
+            "decided_at": pl.Series(decided_at.tolist(), dtype=pl.String),
         }
     )
+
+
+def _reviewed(decisions: pl.DataFrame | None, ids: np.ndarray, k: int) -> np.ndarray:
+    """(N,) decision code per sample in `ids` order: -1 not reviewed, 0 keep, 1 relabel, 2 drop, 3 unsure."""
+    out = np.full(len(ids), -1, dtype=np.int64)
+    if decisions is None or decisions.height == 0:
+        return out
+    pos = {int(s): i for i, s in enumerate(ids)}
+    codes = {"keep": 0, "relabel": 1, "drop": 2, "unsure": 3}
+    for sid, decision, new in decisions.select("sample_id", "decision", "new_label").iter_rows():
+        if sid not in pos:
+            raise DataError(f"review decisions: unknown sample_id {sid}")
+        if decision not in codes:
+            raise DataError(f"review decisions: sample {sid}: unknown decision {decision!r}")
+        if decision == "relabel" and (new is None or not 0 <= new < k):
+            raise DataError(f"review decisions: sample {sid}: relabel needs a class in [0, {k - 1}]")
+        out[pos[sid]] = codes[decision]
+    return out
+
+
+def _column(decisions: pl.DataFrame | None, ids: np.ndarray, name: str, missing) -> np.ndarray:
+    """(N,) object array: the decisions' column `name` per sample in `ids` order, `missing` elsewhere."""
+    out = np.full(len(ids), missing, dtype=object)
+    if decisions is None or decisions.height == 0:
+        return out
+    pos = {int(s): i for i, s in enumerate(ids)}
+    for sid, value in decisions.select("sample_id", name).iter_rows():
+        out[pos[sid]] = missing if value is None else value
+    return out
 
 
 def _reasons(

@@ -209,6 +209,17 @@ class CleanParams(Strict):
     # auto = the noise stage's estimated rate (no cap when there is no estimate); null = no cap
 
 
+class ReviewParams(Strict):
+    """`review:` — the human-review queue (review stage) and the reviewed decisions fed back into clean."""
+
+    methods: list[str] | None = None  # score tables that rank the queue (None = clean.methods)
+    budget: int = Field(200, ge=1)  # queue length: the reviews a person is asked for
+    disagreement_weight: float = Field(0.5, ge=0.0)  # w in gain = p_wrong x (1 + w x disagreement) / (1 + w)
+    image_size: int = Field(128, ge=16, le=1024)  # px, long side of the images on the page / in Label Studio
+    decisions: str = "decisions"  # decisions CSV / Label Studio JSON export, or a folder of them (for clean)
+    baseline: str = "ce"  # the score table whose noise_score ranking the review simulation compares with
+
+
 class RunParams(Strict):
     """`run:` — how a run behaves, not what it computes. No stage lists this section in dvc.yaml, so
     flipping a key here re-runs nothing. The same keys in `train:` (older params files) take precedence, and
@@ -239,7 +250,13 @@ class Params(Strict):
     datalab: DatalabParams = Field(default_factory=DatalabParams)
     run: RunParams = Field(default_factory=RunParams)
     clean: CleanParams = Field(default_factory=CleanParams)
+    review: ReviewParams = Field(default_factory=ReviewParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @property
+    def review_voters(self) -> list[str]:
+        """The score tables that rank the review queue (`review.methods`, else `clean.methods`)."""
+        return self.review.methods or self.clean.methods
 
     @property
     def scored(self) -> list[str]:

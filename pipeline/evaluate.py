@@ -110,7 +110,11 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
             if k in cleaning
         },
         "retrain": {"test_acc_last": metrics["retrain"]["test_acc_last"]},
-    }
+    } | (
+        {"review": {"gradclean_fixed_at_100": metrics["review"]["orders"]["gradclean"]["fixed_at_100"]}}
+        if metrics.get("review")
+        else {}
+    )
 
 
 def cleaning_figures(cleaned: pl.DataFrame, noisy: pl.DataFrame | None) -> dict[str, Any]:

@@ -117,14 +117,23 @@ def score_hist(
     return png(fig)
 
 
-def thumb(blob: bytes) -> str:
-    """A 64-px pixelated thumbnail of encoded image bytes as an embedded <img>."""
+def image_uri(blob: bytes, px: int = 64) -> str:
+    """Encoded image bytes as a PNG `data:` URI about `px` pixels on its long side: small images are
+    enlarged by an integer factor without smoothing, large ones shrunk."""
     img = open_image(blob, "gallery").convert("RGB")
-    scale = max(1, 64 // max(img.size))
-    img = img.resize((img.size[0] * scale, img.size[1] * scale), resample=0)
+    if max(img.size) < px:
+        scale = max(1, px // max(img.size))
+        img = img.resize((img.size[0] * scale, img.size[1] * scale), resample=0)
+    elif max(img.size) > px:
+        img.thumbnail((px, px))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return f'<img class="thumb" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def thumb(blob: bytes) -> str:
+    """A 64-px pixelated thumbnail of encoded image bytes as an embedded <img>."""
+    return f'<img class="thumb" src="{image_uri(blob, 64)}">'
 
 
 def file_bytes(path: str | None) -> bytes:

@@ -58,6 +58,9 @@ def check_registered(params: Params, source: str = "params") -> Params:
     missing = [m for m in params.clean.methods if m not in params.scored]
     if missing:
         fail(f"clean.methods: {missing} are not in `methods` or `detectors`, so no scores will exist")
+    missing = [m for m in params.review.methods or [] if m not in params.scored]
+    if missing:
+        fail(f"review.methods: {missing} are not in `methods` or `detectors`, so no scores will exist")
     return params
 
 

@@ -326,7 +326,22 @@ CLEANED = TableSchema(
             "methods_agreeing", pa.int32(), min_value=0, description="How many methods voted for the action."
         ),
     ),
-    extra_columns=(  # written by the clean stage when it is given the ingested tables (dvc.yaml does)
+    extra_columns=(  # written by the clean stage (the source identity when it is given the ingested tables)
+        Column(
+            "decided_by",
+            pa.string(),
+            allowed=("vote", "review"),
+            description="review: a reviewed decision set the action; vote: the methods did.",
+        ),
+        Column(
+            "reviewer",
+            pa.string(),
+            nullable=True,
+            description="Who reviewed the sample (also when unsure: the vote stands); null if nobody did.",
+        ),
+        Column(
+            "decided_at", pa.string(), nullable=True, description="The review's time (ISO 8601), if given."
+        ),
         Column(
             "source_path",
             pa.string(),
@@ -350,3 +365,55 @@ CLEANED = TableSchema(
         ),
     ),
 )
+
+REVIEW_QUEUE = TableSchema(
+    "review_queue",
+    (
+        SAMPLE_ID,
+        Column("rank", pa.int32(), min_value=1, unique=True, description="1 = review first."),
+        Column("source_path", pa.string(), nullable=True, description="The file as the source names it."),
+        Column(
+            "source_index", pa.int64(), nullable=True, min_value=0, description="digits / CIFAR: position."
+        ),
+        Column("given_label", pa.int32(), is_label=True),
+        Column("given_class", pa.string()),
+        Column(
+            "suggested_label", pa.int32(), is_label=True, description="Most likely class other than given."
+        ),
+        Column("suggested_class", pa.string()),
+        Column(
+            "p_wrong",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = more likely mislabeled",
+            description="Mean noise_score over the voters (review.methods).",
+        ),
+        Column(
+            "disagreement",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = the voters disagree more",
+            description="2 x the standard deviation of the voters' noise_score.",
+        ),
+        Column(
+            "expected_gain",
+            pa.float32(),
+            min_value=0.0,
+            max_value=1.0,
+            direction="higher = a review is worth more",
+            description="p_wrong x (1 + w x disagreement) / (1 + w), w = review.disagreement_weight.",
+        ),
+        Column("vote_action", pa.string(), allowed=ACTIONS, description="What the clean stage's vote did."),
+        Column(
+            "opinions", pa.string(), description="Each voter: wrong / ok, its noise_score, its prediction."
+        ),
+        Column("reason", pa.string(), description="Why the sample is in the queue, in words."),
+        Column("decision", pa.string(), nullable=True, description="Blank: for the reviewer to fill in."),
+        Column("new_label", pa.string(), nullable=True, description="Blank: the class for a relabel."),
+        Column("reviewer", pa.string(), nullable=True, description="Blank: who reviewed."),
+        Column("note", pa.string(), nullable=True, description="Blank: free text."),
+    ),
+)
+"""The review stage's queue: the samples worth a person's look, best first (review/queue.parquet, .csv)."""

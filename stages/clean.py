@@ -1,5 +1,6 @@
 """Stage clean: params `clean` (+ `data` for the source root) + scores/*.parquet (+ the noise report's
-estimated rate, the ingested tables) -> cleaned/labels.parquet, cleaned/labels.csv, cleaned/manifest.csv."""
+estimated rate, the ingested tables, the reviewed decisions) -> cleaned/labels.parquet, cleaned/labels.csv,
+cleaned/manifest.csv."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ def _args(p):
     p.add_argument("--noise-report", type=Path, default=None, help="its estimate caps clean.max_share: auto")
     p.add_argument("--ingested", type=Path, default=None, help="adds each sample's source path / index")
     p.add_argument("--manifest", type=Path, default=None, help="the cleaned dataset as path,label,split")
+    p.add_argument("--decisions", type=Path, default=None, help="reviewed decisions (file or folder)")
 
 
 def main(argv=None) -> int:
@@ -23,7 +25,7 @@ def main(argv=None) -> int:
         __doc__,
         _args,
         lambda a, params: run_clean(
-            params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest
+            params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest, a.decisions
         ),
         argv,
         backbones=False,  # builds no network

@@ -26,8 +26,12 @@ def run_clean(
     noise_report: Path | None = None,
     ingested_dir: Path | None = None,
     out_manifest: Path | None = None,
+    decisions: Path | None = None,
 ) -> None:
     """Apply the cleaning policy over `clean.methods` and write the cleaned label file (+ CSV twin).
+
+    `decisions` (`review.decisions`: a decisions CSV, a Label Studio JSON export, or a folder of them) holds
+    reviewed decisions; they beat the vote (`pipeline.clean`). A bad file is refused by name.
 
     `noise_report` (the noise stage's JSON) gives the estimated rate that `clean.max_share: auto` caps at.
     `ingested_dir` adds each sample's identity in the source (`source_path`, `source_file`,
@@ -40,6 +44,14 @@ def run_clean(
     scores, names = {}, None
     for m in params.clean.methods:
         scores[m], names = read_table(scores_dir / f"{m}.parquet", score_schema(m))
+    reviewed, log = None, []
+    if decisions is not None:
+        from pipeline.review.decisions import read_decisions
+
+        first = scores[params.clean.methods[0]].sort("sample_id")
+        reviewed, log = read_decisions(
+            decisions, first["sample_id"].to_numpy(), first["given_label"].to_numpy(), names
+        )
     share = params.clean.max_share
     if share == "auto":
         est = (read_json(noise_report).get("estimate") or {}) if noise_report is not None else {}
@@ -51,6 +63,7 @@ def run_clean(
         drop_noise_score=params.clean.drop_noise_score,
         agreement=params.clean.agreement,
         max_share=share,
+        decisions=reviewed,
     )
     cleaned, manifest = _with_source_identity(cleaned, params, ingested_dir, names)
     if out_manifest is not None and manifest is None:
@@ -63,12 +76,16 @@ def run_clean(
         out.write_csv(out_csv, cleaned)
         if out_manifest is not None:
             out.write_csv(out_manifest, manifest)
+    for line in log:
+        print(line)
     counts = dict(cleaned["action"].value_counts().iter_rows())
     cap = "no cap" if share is None else f"cap {share:.3f} of the rows"
     print(
         f"clean: {counts.get('keep', 0)} keep, {counts.get('relabel', 0)} relabel, "
         f"{counts.get('drop', 0)} drop (methods: {', '.join(params.clean.methods)}; "
-        f"agreement {params.clean.agreement}, {cap})"
+        f"agreement {params.clean.agreement}, {cap}"
+        + (f"; {reviewed.height} reviewed decisions from {decisions}" if reviewed is not None else "")
+        + ")"
     )
 
 

@@ -72,6 +72,11 @@ def run_evaluate(
         )
         both = pl.concat([train_images, test_images], how="diagonal_relaxed")
         sections.append(report_section(issues, both, labels, params.evaluate.gallery_size))
+    from pipeline.review.simulation import review_simulation
+
+    metrics["review"], review_html = review_simulation(noisy, scores, params)
+    if review_html:
+        sections.append(review_html)
     html = render_report(
         metrics=metrics,
         noisy=noisy,
