@@ -4,7 +4,11 @@ the next queue, and the simulated reviewer's labels-fixed curve."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +296,68 @@ def test_simulated_reviewer_fixes_more_with_the_queue_than_at_random(workspace):
         noisy.with_columns(pl.lit(None, pl.Boolean).alias("is_noisy")), scores, params
     )
     assert none is None and empty == ""
+
+
+# ------------------------------------------------------------------------------- the page, in a browser
+def _chromium():
+    """A headless Chromium driven by Selenium, or a skip naming what is missing."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])"
+    )
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_bin = shutil.which("chromedriver")
+    if not browser or not driver_bin:
+        pytest.skip("no Chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    return webdriver, browser, driver_bin
+
+
+def test_review_page_in_headless_chromium_exports_decisions_that_clean_applies(workspace, tmp_path_factory):
+    webdriver, browser, driver_bin = _chromium()
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ws, params, _ = workspace
+    run_review(params, ws / "scores", ws / "c/labels.parquet", ws / "ingested", ws / "review")
+    queue, _ = read_table(ws / "review/queue.parquet", REVIEW_QUEUE)
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,560"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
+    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        driver.get((ws / "review/review.html").as_uri())
+        driver.find_element(By.ID, "reviewer").send_keys("tester")
+        driver.find_element(By.ID, "img").click()  # focus leaves the text box: keys now decide
+        ActionChains(driver).send_keys("k").send_keys("r").send_keys("d").perform()
+        assert driver.find_element(By.ID, "progress").text == f"3 of {queue.height} decided"
+        shot = ws / "review_page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("GRADCLEAN_SCREENSHOT"):  # how the README's screenshot is made
+            shutil.copy(shot, os.environ["GRADCLEAN_SCREENSHOT"])
+        driver.find_element(By.ID, "export").click()
+        for _ in range(100):
+            if (downloads / "decisions.csv").exists():
+                break
+            time.sleep(0.1)
+        exported = (downloads / "decisions.csv").read_text()
+    finally:
+        driver.quit()
+    rows = pl.read_csv(io.StringIO(exported), infer_schema=False)
+    assert rows["sample_id"].to_list() == [str(s) for s in queue["sample_id"][:3]]
+    assert rows["decision"].to_list() == ["keep", "relabel", "drop"] and set(rows["reviewer"]) == {"tester"}
+    assert rows["new_label"][1] == queue["suggested_class"][1] and rows["decided_at"].null_count() == 0
+    (ws / "decisions").mkdir()
+    (ws / "decisions/page.csv").write_text(exported)
+    run_clean(params, ws / "scores", ws / "c/labels.parquet", ws / "c/labels.csv",
+              ingested_dir=ws / "ingested", decisions=ws / "decisions")  # fmt: skip
+    cleaned, _ = read_table(ws / "c/labels.parquet", CLEANED)
+    got = {r["sample_id"]: r for r in cleaned.filter(pl.col("decided_by") == "review").iter_rows(named=True)}
+    first = queue["sample_id"].to_list()[:3]
+    assert sorted(got) == sorted(first) and [got[s]["action"] for s in first] == ["keep", "relabel", "drop"]
+    assert (
+        got[first[1]]["cleaned_class"] == queue["suggested_class"][1]
+        and got[first[0]]["reviewer"] == "tester"
+    )
