@@ -6,7 +6,9 @@ functions, as `dvc repro` would with `methods: [ce]`: ingest, embed (once: the i
 features, are the same for every label set), the noise estimate, the `clean.methods` detectors, CE on
 the noisy labels, clean, and the retrain on the cleaned labels. It prints (and with `--out` writes) a
 markdown table: the true and estimated rate, the share changed, the label accuracy before and after
-cleaning, and the two test accuracies.
+cleaning, the two test accuracies, and the labels a simulated reviewer fixes in its first 100 reviews when
+it walks gradclean's review queue, CE's noise_score ranking and a random order (`pipeline.review`).
+`--no-retrain` skips the retrain (detection and review only); `--embed-size` overrides `embed.image_size`.
 
     python -m stages.weights --out models/efficientnet_lite0.safetensors   # once: the preset's weights
     python bench/bench_clean_retrain.py --params presets/cifar10n_cpu.yaml \
@@ -34,6 +36,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from pipeline.evaluate import cleaning_figures  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
+from pipeline.registry import score_schema  # noqa: E402
+from pipeline.review.simulation import review_simulation  # noqa: E402
 from pipeline.run import (  # noqa: E402
     run_clean,
     run_detect,
@@ -46,7 +50,9 @@ from pipeline.run import (  # noqa: E402
 from pipeline.schemas import CLEANED, NOISY  # noqa: E402
 
 
-def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tuple[dict, Path]:
+def one_label_set(
+    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True
+) -> tuple[dict, Path]:
     raw = json.loads(json.dumps(raw))
     raw["data"]["noisy_label_key"] = key
     raw["methods"] = ["ce"]
@@ -72,10 +78,11 @@ def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tup
         d / "logs/steps/ce.csv", d / "scores/history.parquet", noise_report=report, oof_path=oof,
     )  # fmt: skip
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
-    run_retrain(
-        params, d / "ingested", noisy, d / "cleaned/labels.parquet", d / "retrain.json",
-        d / "logs/retrain.csv", None,
-    )  # fmt: skip
+    if retrain:
+        run_retrain(
+            params, d / "ingested", noisy, d / "cleaned/labels.parquet", d / "retrain.json",
+            d / "logs/retrain.csv", None,
+        )  # fmt: skip
     truth, _ = read_table(noisy, NOISY)
     cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
     cl = cleaning_figures(cleaned, truth)
@@ -87,9 +94,15 @@ def one_label_set(raw: dict, key: str, work: Path, features: Path | None) -> tup
         "relabel / drop": f"{cl['relabel']} / {cl['drop']}",
         "label acc: noisy → kept": f"{cl['label_accuracy_before']:.3f} → {cl['label_accuracy_after']:.3f}",
         "CE test acc: noisy labels": float(pl.read_csv(d / "logs/ce.csv")["test_acc"][-1]),
-        "CE test acc: cleaned labels": json.loads((d / "retrain.json").read_text())["test_acc_last"],
-        "s": time.perf_counter() - t0,
+        "CE test acc: cleaned labels": json.loads((d / "retrain.json").read_text())["test_acc_last"]
+        if retrain
+        else None,
     }
+    scores = {m: read_table(d / f"scores/{m}.parquet", score_schema(m))[0] for m in params.scored}
+    review, _ = review_simulation(truth, scores, params)
+    for order, m in review["orders"].items():  # a simulated reviewer walks each order (labels fixed)
+        row[f"fixed in 100 reviews: {order}"] = m["fixed_at_100"]
+    row["s"] = time.perf_counter() - t0
     return row, emb
 
 
@@ -101,19 +114,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--max-per-split", type=int, default=None, help="a quick check on fewer images")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (a quick check)")
+    ap.add_argument("--embed-size", type=int, default=None, help="override embed.image_size (px)")
+    ap.add_argument("--no-retrain", action="store_true", help="skip the retrain (detection and review only)")
     a = ap.parse_args()
     raw = yaml.safe_load(a.params.read_text())
     if a.max_per_split:
         raw["data"]["max_per_split"] = a.max_per_split
     if a.epochs:
         raw["train"]["epochs"] = a.epochs
+    if a.embed_size:
+        raw["embed"]["image_size"] = a.embed_size
     rows, features = [], None
     for key in a.keys.split(","):
-        row, features = one_label_set(raw, key, a.work, features)
+        row, features = one_label_set(raw, key, a.work, features, retrain=not a.no_retrain)
         rows.append(row)
         print(row, flush=True)
     cols = list(rows[0])
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)  # noqa: E731
     lines = [
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"CPU threads, torch {torch.__version__}",
