@@ -52,24 +52,49 @@ def test_every_declared_output_exists_and_reads(repo):
     assert set(train["sample_id"]).isdisjoint(set(test["sample_id"]))
     noisy = pl.read_parquet(root / "data/noisy/train.parquet")
     assert noisy.height == 150 and noisy["is_noisy"].mean() > 0.2
+
+
+def test_ce_scores_and_epoch_log(repo):
+    root, _ = repo
     scores = pl.read_parquet(root / "scores/ce.parquet")
     assert scores.height == 150 and scores["probs"].list.len().unique().to_list() == [10]
     assert scores["noise_score"].is_between(0, 1).all() and scores["method"].unique().to_list() == ["ce"]
     log = pl.read_csv(root / "logs/ce.csv")
     assert log["epoch"].to_list() == [1, 2]
     assert {"train_loss", "train_acc", "test_acc", "label_precision", "seconds"} <= set(log.columns)
+    assert pl.read_csv(root / "reports/plots/pr/ce.csv").columns == ["recall", "precision"]
+
+
+def test_cleaned_file_metrics_and_report(repo):
+    root, _ = repo
     cleaned = pl.read_parquet(root / "cleaned/labels.parquet")
     assert cleaned.height == 150 and set(cleaned["action"]) <= {"keep", "relabel", "drop"}
+    assert set(cleaned["decided_by"]) == {"vote"} and cleaned["reviewer"].null_count() == 150  # no decisions
     assert pl.read_csv(root / "cleaned/labels.csv").height == 150
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert {"noise", "methods", "cleaning", "retrain"} <= set(metrics)
+    assert {"noise", "methods", "cleaning", "retrain", "review"} <= set(metrics)
     assert 0 <= metrics["methods"]["ce"]["detection"]["f1"] <= 1
     assert metrics["retrain"]["test_acc_last"] is not None
     html = (root / "reports/report.html").read_text()
     assert "data:image/png;base64" in html and "Most suspicious samples" in html
-    assert (
-        "<h2>GAL: the agreement gate</h2>" in html and "<h2>GSS: direction pools" in html
-    )  # their own sections
+    assert "<h2>What a review buys</h2>" in html
+
+
+def test_review_queue_page_and_label_studio_files(repo):
+    root, _ = repo
+    queue = pl.read_parquet(root / "review/queue.parquet")
+    assert queue.height == 150 and queue["rank"].to_list() == list(range(1, 151))  # budget 200 > 150 rows
+    assert queue["expected_gain"].is_sorted(descending=True)
+    assert len(json.loads((root / "review/label_studio.json").read_text())) == 150
+    assert "gradcleanDecisionsCSV" in (root / "review/review.html").read_text()
+    orders = json.loads((root / "reports/metrics.json").read_text())["review"]["orders"]
+    assert set(orders) == {"gradclean", "ce noise_score", "random"}
+
+
+def test_gal_outputs_and_report_section(repo):
+    root, _ = repo
+    html = (root / "reports/report.html").read_text()
+    assert "<h2>GAL: the agreement gate</h2>" in html  # its own section
     steps = pl.read_csv(root / "logs/steps/gal.csv")
     assert steps["step"].to_list() == list(range(steps.height)) and set(steps["epoch"]) == {1, 2}
     post = steps.filter(pl.col("epoch") == 2)["agreement_ratio"]
@@ -77,7 +102,12 @@ def test_every_declared_output_exists_and_reads(repo):
     assert {"joint_pseudo_label", "joint_confidence", "ab_disagree"} <= set(
         pl.read_parquet(root / "scores/gal.parquet").columns
     )
-    assert pl.read_csv(root / "reports/plots/pr/ce.csv").columns == ["recall", "precision"]
+
+
+def test_gss_and_dividemix_outputs(repo):
+    root, _ = repo
+    html = (root / "reports/report.html").read_text()
+    assert "<h2>GSS: direction pools" in html and "direction pools during training" in html
     gss = pl.read_parquet(root / "scores/gss.parquet")
     assert {"direction_pool", "direction_pool_peer", "pool_entropy"} <= set(gss.columns)
     mass = gss.select(
@@ -91,7 +121,11 @@ def test_every_declared_output_exists_and_reads(repo):
     dm = pl.read_parquet(root / "scores/dividemix.parquet")
     assert dm["clean_probability"].is_between(0, 1).all()
     assert (dm["noise_score"] - (1 - dm["clean_probability"])).abs().max() < 1e-5
-    assert "direction pools during training" in html
+
+
+def test_gradient_similarity_in_every_table_and_gradsim_outputs(repo):
+    root, _ = repo
+    metrics = json.loads((root / "reports/metrics.json").read_text())
     methods = yaml.safe_load((root / "params.yaml").read_text())["methods"]
     assert "gradsim" in methods
     for m in methods:  # the scoring pass fills grad_similarity in every score table
@@ -104,6 +138,7 @@ def test_every_declared_output_exists_and_reads(repo):
     assert {"top10_noisy", "bottom10_noisy", "weight_clean", "weight_noisy"} <= set(
         pl.read_csv(root / "logs/gradsim.csv").columns
     )
+    html = (root / "reports/report.html").read_text()
     assert "Gradient similarity" in html and "top 10 and bottom 10 weights" in html
 
 
