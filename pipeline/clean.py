@@ -85,7 +85,8 @@ def clean_labels(
         agreement: "all" or "majority" of the voters must concur before a label is changed.
         max_share: at most this share of the rows is relabelled or dropped (None = no cap).
         decisions: reviewed decisions, one row per sample (`sample_id`, `decision`, `new_label`, `reviewer`,
-            `decided_at`), as `pipeline.review.decisions.read_decisions` returns them; None = none.
+            `decided_at`), as `pipeline.review.decisions.read_decisions` returns them. When given (also
+            empty), the result gains `decided_by`, `reviewer` and `decided_at`; None = no review columns.
 
     Returns:
         One row per sample, sorted by sample_id, in the CLEANED schema.
@@ -156,6 +157,11 @@ def clean_labels(
             else f"{reasons[i]}; reviewed by {reviewer[i]}: unsure, so the vote stands"
         )
     acts = np.asarray(["keep", "relabel", "drop"])[action]
+    review = {  # only when decisions were given (the clean stage always gives them; the folder may be empty)
+        "decided_by": pl.Series(np.where(decided, "review", "vote"), dtype=pl.String),
+        "reviewer": pl.Series(reviewer.tolist(), dtype=pl.String),
+        "decided_at": pl.Series(decided_at.tolist(), dtype=pl.String),
+    }
     return pl.DataFrame(
         {
             "sample_id": pl.Series(ids, dtype=pl.Int64),
@@ -172,9 +178,7 @@ def clean_labels(
             "confidence": pl.Series(confidence.clip(0, 1).astype(np.float32)),
             "reason": pl.Series(reasons, dtype=pl.String),
             "methods_agreeing": pl.Series(agreeing.astype(np.int32)),
-            "decided_by": pl.Series(np.where(decided, "review", "vote"), dtype=pl.String),
-            "reviewer": pl.Series(reviewer.tolist(), dtype=pl.String),
-            "decided_at": pl.Series(decided_at.tolist(), dtype=pl.String),
+            **(review if decisions is not None else {}),
         }
     )
 
