@@ -9,6 +9,9 @@ markdown table: the true and estimated rate, the share changed, the label accura
 cleaning, the two test accuracies, and the labels a simulated reviewer fixes in its first 100 reviews when
 it walks gradclean's review queue, CE's noise_score ranking and a random order (`pipeline.review`).
 `--no-retrain` skips the retrain (detection and review only); `--embed-size` overrides `embed.image_size`.
+`--seeds N` repeats the CE pair (noisy labels, cleaned labels) at seeds seed .. seed+N-1 over the same
+cleaning, and reports the mean and standard deviation of both and of their paired difference: one seed's
+test accuracy on 508 images moves by a few points from run to run.
 
     python -m stages.weights --out models/efficientnet_lite0.safetensors   # once: the preset's weights
     python bench/bench_clean_retrain.py --params presets/cifar10n_cpu.yaml \
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from pipeline.config import Params  # noqa: E402
 from pipeline.evaluate import cleaning_figures  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
@@ -50,8 +55,35 @@ from pipeline.run import (  # noqa: E402
 from pipeline.schemas import CLEANED, NOISY  # noqa: E402
 
 
+def ce_run(params: Params, d: Path, out: Path) -> float:
+    """CE on the noisy labels of the run in `d`, its scores and logs under `out`; its last test accuracy."""
+    noisy, report, oof = d / "noisy/train.parquet", d / "noisy/noise_report.json", d / "noisy/oof.parquet"
+    run_train(
+        params, "ce", d / "ingested", noisy, out / "scores/ce.parquet", out / "logs/ce.csv", None,
+        out / "logs/steps/ce.csv", out / "scores/history.parquet", noise_report=report, oof_path=oof,
+    )  # fmt: skip
+    return float(pl.read_csv(out / "logs/ce.csv")["test_acc"][-1])
+
+
+def ce_retrain(params: Params, d: Path, out: Path) -> float:
+    """CE on the cleaned labels of the run in `d`, its summary and log under `out`; its last test accuracy."""
+    run_retrain(
+        params, d / "ingested", d / "noisy/train.parquet", d / "cleaned/labels.parquet", out / "retrain.json",
+        out / "logs/retrain.csv", None,
+    )  # fmt: skip
+    return float(json.loads((out / "retrain.json").read_text())["test_acc_last"])
+
+
+def mean_sd(values: list[float], signed: bool = False) -> float | str:
+    """One value as it is; several as 'mean ± sd (n)', the sd over runs (ddof 1)."""
+    if len(values) == 1:
+        return values[0]
+    m, sd = statistics.fmean(values), statistics.stdev(values)
+    return f"{m:+.3f} ± {sd:.3f} ({len(values)})" if signed else f"{m:.3f} ± {sd:.3f} ({len(values)})"
+
+
 def one_label_set(
-    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True
+    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True, seeds: int = 1
 ) -> tuple[dict, Path]:
     raw = json.loads(json.dumps(raw))
     raw["data"]["noisy_label_key"] = key
@@ -73,16 +105,13 @@ def one_label_set(
             params, det, d / "ingested", noisy, emb, d / f"scores/{det}.parquet", d / f"logs/{det}.csv",
             oof, report,
         )  # fmt: skip
-    run_train(
-        params, "ce", d / "ingested", noisy, d / "scores/ce.parquet", d / "logs/ce.csv", None,
-        d / "logs/steps/ce.csv", d / "scores/history.parquet", noise_report=report, oof_path=oof,
-    )  # fmt: skip
+    ce_noisy = ce_run(params, d, d)
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
-    if retrain:
-        run_retrain(
-            params, d / "ingested", noisy, d / "cleaned/labels.parquet", d / "retrain.json",
-            d / "logs/retrain.csv", None,
-        )  # fmt: skip
+    accs = [(ce_noisy, ce_retrain(params, d, d) if retrain else None)]
+    for s in range(1, seeds):  # the same cleaning, other training seeds
+        p_s = parse_params({**raw, "seed": raw.get("seed", 0) + s})
+        out = d / f"seed{p_s.seed}"
+        accs.append((ce_run(p_s, d, out), ce_retrain(p_s, d, out)))
     truth, _ = read_table(noisy, NOISY)
     cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
     cl = cleaning_figures(cleaned, truth)
@@ -93,11 +122,11 @@ def one_label_set(
         "changed": (cl["relabel"] + cl["drop"]) / cleaned.height,
         "relabel / drop": f"{cl['relabel']} / {cl['drop']}",
         "label acc: noisy → kept": f"{cl['label_accuracy_before']:.3f} → {cl['label_accuracy_after']:.3f}",
-        "CE test acc: noisy labels": float(pl.read_csv(d / "logs/ce.csv")["test_acc"][-1]),
-        "CE test acc: cleaned labels": json.loads((d / "retrain.json").read_text())["test_acc_last"]
-        if retrain
-        else None,
+        "CE test acc: noisy labels": mean_sd([a for a, _ in accs]),
+        "CE test acc: cleaned labels": mean_sd([b for _, b in accs]) if retrain else None,
     }
+    if len(accs) > 1:
+        row["cleaned − noisy (paired)"] = mean_sd([b - a for a, b in accs], signed=True)
     scores = {m: read_table(d / f"scores/{m}.parquet", score_schema(m))[0] for m in params.scored}
     review, _ = review_simulation(truth, scores, params)
     for order, m in review["orders"].items():  # a simulated reviewer walks each order (labels fixed)
@@ -116,7 +145,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (a quick check)")
     ap.add_argument("--embed-size", type=int, default=None, help="override embed.image_size (px)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the retrain (detection and review only)")
+    ap.add_argument("--seeds", type=int, default=1, help="CE pairs at this many training seeds (mean ± sd)")
     a = ap.parse_args()
+    if a.seeds < 1 or (a.seeds > 1 and a.no_retrain):
+        ap.error("--seeds must be >= 1, and more than one seed needs the retrain")
     raw = yaml.safe_load(a.params.read_text())
     if a.max_per_split:
         raw["data"]["max_per_split"] = a.max_per_split
@@ -126,7 +158,7 @@ def main() -> None:
         raw["embed"]["image_size"] = a.embed_size
     rows, features = [], None
     for key in a.keys.split(","):
-        row, features = one_label_set(raw, key, a.work, features, retrain=not a.no_retrain)
+        row, features = one_label_set(raw, key, a.work, features, not a.no_retrain, a.seeds)
         rows.append(row)
         print(row, flush=True)
     cols = list(rows[0])
