@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import digits_data, make_ctx
+from test_train import digits_data, make_ctx, trained_at_40
 
 from pipeline.config import validate_section
 from pipeline.errors import ConfigError
@@ -103,18 +103,13 @@ def test_three_network_jocor_runs_and_exports(pairs):
     assert res.log[1]["forget_rate"] == pytest.approx(0.1 * ctx.noise_rate)
 
 
-def _final_log(name: str, opts: dict, epochs: int = 15) -> list[dict]:
-    train, test = digits_data(800, 400, noise=0.4)
-    ctx = make_ctx(
-        train, test, epochs=epochs, augment={"pad_crop": 0}, model_kwargs={"channels": [16, 32, 64, 128]}
-    )
-    spec = REGISTRY[name]
-    m = spec.build(spec.options(**opts), ctx)
-    return fit(m, ctx, name=name, epochs=epochs).log
+def _final_log(name: str) -> list[dict]:
+    """The epoch log of `name` in the behaviour tests' shared, cached setting (CE trains once a session)."""
+    return trained_at_40(name)[2].log
 
 
 def test_jocor_and_coteaching_beat_ce_at_40_percent_symmetric_noise():
-    ce_log, jocor_log, cot_log = _final_log("ce", {}), _final_log("jocor", {}), _final_log("coteaching", {})
+    ce_log, jocor_log, cot_log = _final_log("ce"), _final_log("jocor"), _final_log("coteaching")
     ce, jocor, cot = (log[-1]["test_acc"] for log in (ce_log, jocor_log, cot_log))
     print(f"final test acc at 40% symmetric: ce {ce:.3f}, jocor {jocor:.3f}, coteaching {cot:.3f}")
     assert jocor > ce + 0.03 and cot > ce + 0.03
