@@ -78,8 +78,8 @@ def mean_sd(values: list[float], signed: bool = False) -> float | str:
     """One value as it is; several as 'mean ± sd (n)', the sd over runs (ddof 1)."""
     if len(values) == 1:
         return values[0]
-    m, sd = statistics.fmean(values), statistics.stdev(values)
-    return f"{m:+.3f} ± {sd:.3f} ({len(values)})" if signed else f"{m:.3f} ± {sd:.3f} ({len(values)})"
+    sign = "+" if signed else ""
+    return f"{statistics.fmean(values):{sign}.3f} ± {statistics.stdev(values):.3f} ({len(values)})"
 
 
 def one_label_set(
