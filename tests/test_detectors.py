@@ -132,3 +132,40 @@ def test_detector_params_are_checked_by_name(raw, message):
     with pytest.raises(ConfigError) as e:
         parse_params(raw)
     assert message in str(e.value)
+
+
+@pytest.fixture
+def spawn_start_method():
+    """The default multiprocessing start method set to `spawn` (as a CUDA program or Python 3.14+ sets it)
+    for one test, then restored."""
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    yield
+    multiprocessing.set_start_method(before, force=True)
+
+
+def test_cleanlab_flagging_works_where_the_start_method_is_not_fork(spawn_start_method):
+    """knn and probe with `flag: cleanlab`, and the `cl` method, all call cleanlab's find_label_issues; its
+    worker pool shares data through globals that only forked workers inherit, so they must not start one."""
+    import torch
+    from helpers import digits
+
+    from pipeline.config import TrainParams
+    from pipeline.methods import REGISTRY
+    from pipeline.train import TrainContext
+
+    data, noisy = _input()
+    for name in ("knn", "probe"):
+        spec = DETECTORS[name]
+        res = spec.detect(spec.options(flag="cleanlab"), data)
+        assert f1_score(noisy, res.flagged) > 0.8, name
+    train, test = digits(200, 40, noise=0.4)
+    oof = torch.full((200, 10), 0.3 / 9)  # out-of-fold-like probabilities with 0.7 on the true class
+    oof[torch.arange(200), train.true_labels] = 0.7
+    cfg = TrainParams(model_kwargs={"channels": [8, 16, 32, 64]}, image_size=8, progress=False)
+    ctx = TrainContext(train, test, cfg, 10, 1, torch.device("cpu"), seed=0, noise_rate=0.4, oof_probs=oof)
+    method = REGISTRY["cl"].build(REGISTRY["cl"].options(), ctx)
+    wrong = (train.labels != train.true_labels).numpy()
+    assert f1_score(wrong, method.flags.numpy()) > 0.95

@@ -135,7 +135,8 @@ def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
     if opts.flag == "vote":
         flags = shares.argmax(1) != labels
     else:
-        flags = find_label_issues(labels, shares / shares.sum(1, keepdims=True))
+        # n_jobs=1: in this process (cleanlab's worker pool needs the fork start method; docs/design.md)
+        flags = find_label_issues(labels, shares / shares.sum(1, keepdims=True), n_jobs=1)
     test_idx = neighbours(data.train, data.test, k, exclude_self=False, search=search)
     return DetectorResult(
         probs=shares.astype(np.float32),

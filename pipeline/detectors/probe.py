@@ -169,7 +169,8 @@ def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
     if opts.flag == "rank":
         flags = rank_flags(quality, int(round(rate * len(data.labels))))
     else:
-        flags = find_label_issues(data.labels, probs, filter_by=opts.filter_by)
+        # n_jobs=1: in this process (cleanlab's worker pool needs the fork start method; docs/design.md)
+        flags = find_label_issues(data.labels, probs, filter_by=opts.filter_by, n_jobs=1)
     full = _fit(data.train, data.labels, data.num_classes, c, opts.max_iter)
     return DetectorResult(
         probs=oof,
