@@ -92,3 +92,26 @@ def rank_flags(quality: np.ndarray, count: int) -> np.ndarray:
     if count > 0:
         flags[np.argsort(quality, kind="stable")[:count]] = True
     return flags
+
+
+def label_issue_flags(
+    labels: np.ndarray, probs: np.ndarray, *, filter_by: str = "prune_by_noise_rate"
+) -> np.ndarray:
+    """cleanlab's `find_label_issues`, run in this process (`n_jobs=1`).
+
+    With more jobs cleanlab hands its workers the per-class data through module globals that only a forked
+    worker inherits, so it fails with a NameError where the start method is spawn or forkserver (a CUDA
+    program that set it, a multiprocessing child, Python 3.14's default). The flags do not depend on
+    `n_jobs`; see docs/design.md.
+
+    Args:
+        labels: (N,) given labels in [0, K).
+        probs: (N, K) predicted probabilities (rows sum to 1).
+        filter_by: cleanlab's filter.
+
+    Returns:
+        (N,) bool, True where the given label looks wrong.
+    """
+    from cleanlab.filter import find_label_issues
+
+    return find_label_issues(labels, probs, filter_by=filter_by, n_jobs=1)

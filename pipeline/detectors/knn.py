@@ -23,7 +23,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.detectors.base import DetectorInput, DetectorResult, DetectorSpec, register_detector
+from pipeline.detectors.base import (
+    DetectorInput,
+    DetectorResult,
+    DetectorSpec,
+    label_issue_flags,
+    register_detector,
+)
 from pipeline.errors import ConfigError
 from pipeline.schemas import Column
 
@@ -118,7 +124,6 @@ def vote_shares(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
     """Neighbour vote on the training features; see the module docstring."""
-    from cleanlab.filter import find_label_issues
 
     if len(data.train) < 2:
         raise ConfigError("detector.knn: needs at least 2 training samples")
@@ -135,8 +140,7 @@ def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
     if opts.flag == "vote":
         flags = shares.argmax(1) != labels
     else:
-        # n_jobs=1: in this process (cleanlab's worker pool needs the fork start method; docs/design.md)
-        flags = find_label_issues(labels, shares / shares.sum(1, keepdims=True), n_jobs=1)
+        flags = label_issue_flags(labels, shares / shares.sum(1, keepdims=True))
     test_idx = neighbours(data.train, data.test, k, exclude_self=False, search=search)
     return DetectorResult(
         probs=shares.astype(np.float32),

@@ -22,7 +22,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.detectors.base import DetectorInput, DetectorResult, DetectorSpec, rank_flags, register_detector
+from pipeline.detectors.base import (
+    DetectorInput,
+    DetectorResult,
+    DetectorSpec,
+    label_issue_flags,
+    rank_flags,
+    register_detector,
+)
 from pipeline.errors import DataError
 from pipeline.schemas import Column
 
@@ -157,7 +164,6 @@ def fit_probe(opts: ProbeOptions, data: DetectorInput) -> tuple[np.ndarray, list
 
 def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
     """Out-of-fold probe + cleanlab; see the module docstring."""
-    from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     from pipeline.noise.estimate import estimate_noise
@@ -169,8 +175,7 @@ def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
     if opts.flag == "rank":
         flags = rank_flags(quality, int(round(rate * len(data.labels))))
     else:
-        # n_jobs=1: in this process (cleanlab's worker pool needs the fork start method; docs/design.md)
-        flags = find_label_issues(data.labels, probs, filter_by=opts.filter_by, n_jobs=1)
+        flags = label_issue_flags(data.labels, probs, filter_by=opts.filter_by)
     full = _fit(data.train, data.labels, data.num_classes, c, opts.max_iter)
     return DetectorResult(
         probs=oof,

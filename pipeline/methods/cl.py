@@ -46,8 +46,9 @@ class ConfidentLearning:
     """cleanlab flags on out-of-fold probabilities, then CE on the kept samples."""
 
     def __init__(self, opts: CLOptions, ctx: TrainContext) -> None:
-        from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
+
+        from pipeline.detectors.base import label_issue_flags
 
         if ctx.oof_probs is None:
             raise ConfigError(
@@ -58,8 +59,7 @@ class ConfidentLearning:
         labels = ctx.train.labels.cpu().numpy()
         probs = ctx.oof_probs.double().cpu().numpy()
         probs = probs / probs.sum(1, keepdims=True)
-        # n_jobs=1: in this process (cleanlab's worker pool needs the fork start method; docs/design.md)
-        flags = find_label_issues(labels, probs, filter_by=opts.filter_by, n_jobs=1)
+        flags = label_issue_flags(labels, probs, filter_by=opts.filter_by)
         quality = get_label_quality_scores(labels, probs, method=opts.scoring)
         self.flags = torch.as_tensor(flags, device=ctx.device)
         self.noise_score = torch.as_tensor(1.0 - quality, dtype=torch.float32, device=ctx.device)
