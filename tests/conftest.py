@@ -245,11 +245,15 @@ def pytest_configure(config) -> None:
         os.environ["GRADCLEAN_E2E_DIR"] = tempfile.mkdtemp(prefix="gradclean-e2e-")
         config.stash[E2E_OWNER] = Path(os.environ["GRADCLEAN_E2E_DIR"])
     if worker is None:
-        # pytest-xdist workers (and the subprocesses tests start) inherit this before they load torch: its
-        # OpenMP threads then sleep instead of spinning while another process holds the cores. Each keeps
-        # torch's default thread count, so results are bit-for-bit those of a one-process run (several
-        # tests compare numbers that move with the thread count).
+        # One torch thread in every test process: the pytest-xdist workers (`-n auto` in pyproject.toml) and
+        # the stage subprocesses tests start inherit this before they load torch. The suite's networks are
+        # too small for a second intra-op thread to help (a behaviour test takes as long on one thread as
+        # on two), so the cores go to parallel workers instead; and every machine computes with the same
+        # thread count, whatever its core count (several tests compare numbers that move with it).
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(1)
 
 
 E2E_OWNER = pytest.StashKey[Path]()
@@ -313,18 +317,18 @@ TRAINING_MODULES = {
 def pytest_itemcollected(item) -> None:
     if item.path.stem in TRAINING_MODULES:
         item.add_marker(pytest.mark.train)
+    if item.path.name == "test_e2e.py":  # here, not below: xdist reads the group before the hook below runs
+        item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 # ------------------------------------------------------------------- e2e run overlapping the other tests
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` deselection: no background run for deselected e2e tests
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Run the e2e tests last (on one xdist worker: they share one repo) and start their `dvc repro` now, in
-    the background (see `e2e_run.py`)."""
+    """Run the e2e tests last (on one xdist worker, `pytest_itemcollected`: they share one repo) and start
+    their `dvc repro` now, in the background (see `e2e_run.py`)."""
     e2e = [i for i in items if i.path.name == "test_e2e.py"]
     if not e2e:
         return
-    for item in e2e:
-        item.add_marker(pytest.mark.xdist_group("e2e"))
     items[:] = [i for i in items if i.path.name != "test_e2e.py"] + e2e
     if config.option.collectonly:  # lists the tests, runs none: no run to start
         return

@@ -424,6 +424,7 @@ def _accuracies(name: str, opts: dict, noise: float, epochs: int = 12) -> list[f
     return [r["test_acc"] for r in fit(method, ctx, name=name, epochs=epochs).log]
 
 
+@pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 @pytest.mark.parametrize("noise", [0.4, 0.6])
 def test_gal_beats_ce_and_keeps_its_best_accuracy_under_symmetric_noise(noise):
     ce = _accuracies("ce", {}, noise)
@@ -433,6 +434,7 @@ def test_gal_beats_ce_and_keeps_its_best_accuracy_under_symmetric_noise(noise):
     assert max(gal) - gal[-1] < max(ce) - ce[-1]  # CE memorises the noise after its best epoch, GAL does not
 
 
+@pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 def test_gal_with_training_pass_joint_beats_ce_at_40_percent():
     ce = _accuracies("ce", {}, 0.4)
     gal = _accuracies("gal", {"warmup_epochs": 4, "joint_from": "train"}, 0.4)

@@ -164,6 +164,7 @@ def test_grad_similarity_pass_is_seeded_bounded_and_covers_every_sample():
     assert net.training  # mode restored
 
 
+@pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 @pytest.mark.slow
 def test_gradsim_beats_ce_at_40_percent_noise_and_its_scores_detect_the_noise():
     acc, sims = {}, {}

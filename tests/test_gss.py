@@ -254,6 +254,7 @@ def _final_accuracy(name: str, opts: dict, noise: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 def test_gss_sb_and_db_beat_ce_at_40_percent_noise():
     ce = _final_accuracy("ce", {}, 0.4)
     sb = _final_accuracy("gss", {"variant": "sb"}, 0.4)

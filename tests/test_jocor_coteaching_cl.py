@@ -108,6 +108,7 @@ def _final_log(name: str) -> list[dict]:
     return trained_at_40(name)[2].log
 
 
+@pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 def test_jocor_and_coteaching_beat_ce_at_40_percent_symmetric_noise():
     ce_log, jocor_log, cot_log = _final_log("ce"), _final_log("jocor"), _final_log("coteaching")
     ce, jocor, cot = (log[-1]["test_acc"] for log in (ce_log, jocor_log, cot_log))
