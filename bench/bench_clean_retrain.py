@@ -37,6 +37,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+
 from pipeline.config import Params  # noqa: E402
 from pipeline.evaluate import cleaning_figures  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
@@ -171,10 +173,7 @@ def main() -> None:
         "|" + "---|" * len(cols),
         *("| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.write_text(text)
+    emit(lines, a.out)
 
 
 if __name__ == "__main__":

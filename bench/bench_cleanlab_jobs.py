@@ -28,6 +28,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+
 from pipeline.io import read_table  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import run_ingest, run_noise  # noqa: E402
@@ -84,10 +86,7 @@ def main() -> None:
                 f"| {key} | {fb} | {pool.sum()} | {one.sum()} | {same} | {t_pool:.3f} | {t_one:.3f} |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.write_text(text)
+    emit(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
 from pipeline.clean import clean_labels  # noqa: E402
@@ -143,10 +144,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {s} | {a:.1f} | {b:.1f} | {a / b:.2f} |" for s, a, b in speed]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
 from test_train import digits_data, make_ctx  # noqa: E402  the shared setting's data and context
 
 from pipeline.methods import REGISTRY  # noqa: E402
@@ -48,10 +49,7 @@ def main() -> None:
         threads, seed = (int(v) for v in run.split(":"))
         ce, jocor = (final_test_acc(n, threads, seed) for n in ("ce", "jocor"))
         lines.append(f"| {threads} | {seed} | {ce:.3f} | {jocor:.3f} | {jocor - ce:+.3f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,6 @@ def vote_shares(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
     """Neighbour vote on the training features; see the module docstring."""
-
     if len(data.train) < 2:
         raise ConfigError("detector.knn: needs at least 2 training samples")
     k = min(opts.k, len(data.train) - 1)
