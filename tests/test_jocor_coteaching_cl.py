@@ -103,14 +103,22 @@ def test_three_network_jocor_runs_and_exports(pairs):
     assert res.log[1]["forget_rate"] == pytest.approx(0.1 * ctx.noise_rate)
 
 
-def _final_log(name: str) -> list[dict]:
+# JoCoR's λ in the shared 12-epoch setting. The paper's 0.9 (`lam: auto`) leaves the labels a tenth of the
+# loss and is made for ~200 epochs: after 12 JoCoR's test accuracy is still rising, and its final value
+# swings with the seed and the thread count (0.730 to 0.885). At 0.7 it has converged by epoch 8, at
+# 0.952-0.957 over training seeds 0-2 (docs/results.md, the test suite; `bench/bench_test_threads.py`).
+JOCOR_LAM = 0.7
+
+
+def _final_log(name: str, opts: tuple = ()) -> list[dict]:
     """The epoch log of `name` in the behaviour tests' shared, cached setting (CE trains once a session)."""
-    return trained_at_40(name)[2].log
+    return trained_at_40(name, opts)[2].log
 
 
 @pytest.mark.xdist_group("ce_at_40")  # one worker: CE trains once (trained_at_40)
 def test_jocor_and_coteaching_beat_ce_at_40_percent_symmetric_noise():
-    ce_log, jocor_log, cot_log = _final_log("ce"), _final_log("jocor"), _final_log("coteaching")
+    ce_log, cot_log = _final_log("ce"), _final_log("coteaching")
+    jocor_log = _final_log("jocor", (("lam", JOCOR_LAM),))
     ce, jocor, cot = (log[-1]["test_acc"] for log in (ce_log, jocor_log, cot_log))
     print(f"final test acc at 40% symmetric: ce {ce:.3f}, jocor {jocor:.3f}, coteaching {cot:.3f}")
     assert jocor > ce + 0.03 and cot > ce + 0.03

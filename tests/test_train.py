@@ -72,19 +72,7 @@ def trained_at_40(name: str, opts: tuple = ()) -> tuple:
         train, test, epochs=12, augment={"pad_crop": 0}, model_kwargs={"channels": [16, 32, 64, 128]}
     )
     method = REGISTRY[name].build(REGISTRY[name].options(**dict(opts)), ctx)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(SHARED_SETTING_THREADS)
-    try:
-        return method, ctx, fit(method, ctx, name=name, epochs=12)
-    finally:
-        torch.set_num_threads(threads)
-
-
-# The intra-op thread count the shared setting trains with (the rest of the suite runs on one thread,
-# tests/conftest.py). Its margins were measured on two threads, and the thread count moves the numbers:
-# JoCoR's final test accuracy there is 0.830 on two threads and 0.730 on one; over training seeds 1 and 2
-# on one thread CE / JoCoR give 0.820 / 0.812 and 0.755 / 0.885 (docs/results.md, the test suite).
-SHARED_SETTING_THREADS = 2
+    return method, ctx, fit(method, ctx, name=name, epochs=12)
 
 
 # ------------------------------------------------------------------------------------------ augmentation
