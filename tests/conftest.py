@@ -324,12 +324,19 @@ def pytest_itemcollected(item) -> None:
 # ------------------------------------------------------------------- e2e run overlapping the other tests
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` deselection: no background run for deselected e2e tests
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Run the e2e tests last (on one xdist worker, `pytest_itemcollected`: they share one repo) and start
-    their `dvc repro` now, in the background (see `e2e_run.py`)."""
+    """Start the e2e tests' `dvc repro` now, in the background (see `e2e_run.py`), and order the e2e tests
+    (one xdist worker, `pytest_itemcollected`: they share one repo) so the run costs no idle core.
+
+    The run has the lowest CPU priority, so it advances while a test process waits. Under xdist the e2e
+    tests go first: their worker waits while the run uses its core, then runs them, and the other worker's
+    tests fill the end of the session. Left last, they were alone at the end (~80 s on one core). In one
+    process they go last: the run uses the second core while the other tests run.
+    """
     e2e = [i for i in items if i.path.name == "test_e2e.py"]
     if not e2e:
         return
-    items[:] = [i for i in items if i.path.name != "test_e2e.py"] + e2e
+    rest = [i for i in items if i.path.name != "test_e2e.py"]
+    items[:] = e2e + rest if hasattr(config, "workerinput") else rest + e2e
     if config.option.collectonly:  # lists the tests, runs none: no run to start
         return
     from e2e_run import claim_and_start

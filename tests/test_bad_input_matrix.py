@@ -36,6 +36,9 @@ from PIL import Image
 from experiments import gal_figure1
 from stages import clean, evaluate, ingest, noise, retrain, train
 
+# One xdist worker for the whole module: its module-scoped workspace fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_bad_input_matrix")
+
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = {

@@ -29,6 +29,8 @@ from stages import ingest, noise, train  # noqa: E402
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 TOL = 1e-5
+# One xdist worker for the whole module: its module-scoped workspace fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_distributed")
 
 
 def _start(cmd: list[str], cwd: Path | None = None) -> subprocess.Popen:

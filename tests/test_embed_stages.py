@@ -15,6 +15,9 @@ import yaml
 from pipeline.clean import propose
 from stages import clean, detect, embed, ingest, noise, weights
 
+# One xdist worker for the whole module: its module-scoped workspace fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_embed_stages")
+
 RAW = {
     "data": {"source": "digits", "max_per_split": 120},
     "noise": {"rate": 0.4, "estimate_from": "probe"},

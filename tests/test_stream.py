@@ -24,6 +24,8 @@ from pipeline.run import load_training_data, run_ingest, run_noise, run_train
 from pipeline.schemas import INGESTED, SCORES
 
 CLASSES = ["ant", "bee", "wasp"]
+# One xdist worker for the whole module: its module-scoped workspace fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_stream")
 PER_CLASS = 80  # 240 JPEGs
 
 
