@@ -44,6 +44,8 @@ class ProbeOptions(Strict):
         default_factory=lambda: [0.3, 1.0, 3.0, 10.0], min_length=1
     )
     max_iter: int = Field(2000, ge=10)  # lbfgs iterations
+    blas_threads: int = Field(1, ge=1)  # BLAS threads during the fits: lbfgs at this size is several times
+    # faster on one thread than on two (docs/results.md, "The probe's fits and BLAS threads")
     flag: Literal["rank", "cleanlab"] = "rank"  # rank: the estimated number of issues, lowest quality first
     filter_by: Literal[
         "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
@@ -53,11 +55,18 @@ class ProbeOptions(Strict):
     )
 
 
-def _fit(x: np.ndarray, y: np.ndarray, k: int, c: float, max_iter: int):
+def _blas_threads(n: int):
+    """A context that runs its body on `n` BLAS threads (threadpoolctl, scikit-learn's own dependency)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def _fit(x: np.ndarray, y: np.ndarray, k: int, c: float, max_iter: int, blas_threads: int):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _blas_threads(blas_threads):
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         return LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
 
@@ -79,6 +88,7 @@ def probe_oof(
     seed: int,
     max_iter: int = 2000,
     C_grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0),
+    blas_threads: int = 1,
 ) -> tuple[np.ndarray, list[float], float]:
     """Out-of-fold logistic-regression probabilities.
 
@@ -90,6 +100,9 @@ def probe_oof(
         C: sklearn's inverse regularisation strength, or "auto": each of `C_grid` is tried and the one
             with the lowest out-of-fold log-loss against the given labels is kept (no truth is used).
         seed: fold split seed.
+        max_iter: lbfgs iterations per fit.
+        C_grid: the values `C: "auto"` chooses from.
+        blas_threads: BLAS threads during the fits (`ProbeOptions.blas_threads`).
 
     Returns:
         ((N, K) float32 probabilities, each fold's held-out accuracy against the given labels, the C used).
@@ -105,7 +118,8 @@ def probe_oof(
             f"probe: {folds} folds need a class with at least {folds} samples (largest: {largest})"
         )
     grid = sorted(C_grid) if C == "auto" else [float(C)]
-    per_c = _oof(features, labels, num_classes, folds, grid, seed, max_iter)
+    with _blas_threads(blas_threads):
+        per_c = _oof(features, labels, num_classes, folds, grid, seed, max_iter)
     losses = [log_loss(labels, np.clip(oof, 1e-7, 1.0), labels=list(range(num_classes))) for oof, _ in per_c]
     best = int(np.argmin(losses))
     return per_c[best][0], per_c[best][1], grid[best]
@@ -157,7 +171,7 @@ def fit_probe(opts: ProbeOptions, data: DetectorInput) -> tuple[np.ndarray, list
         return data.oof, list(rec["held_out_accuracy_per_fold"]), float(rec["C"]), True
     oof, accs, c = probe_oof(
         data.train, data.labels, num_classes=data.num_classes, folds=opts.folds, C=opts.C, seed=data.seed,
-        max_iter=opts.max_iter, C_grid=tuple(opts.C_grid),
+        max_iter=opts.max_iter, C_grid=tuple(opts.C_grid), blas_threads=opts.blas_threads,
     )  # fmt: skip
     return oof, accs, c, False
 
@@ -176,7 +190,7 @@ def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
         flags = rank_flags(quality, int(round(rate * len(data.labels))))
     else:
         flags = label_issue_flags(data.labels, probs, filter_by=opts.filter_by)
-    full = _fit(data.train, data.labels, data.num_classes, c, opts.max_iter)
+    full = _fit(data.train, data.labels, data.num_classes, c, opts.max_iter, opts.blas_threads)
     return DetectorResult(
         probs=oof,
         flagged=np.asarray(flags, dtype=bool),

@@ -106,7 +106,9 @@ def _probe_estimate(
         folds=opts.folds,
         C=opts.C,
         seed=params.seed,
+        max_iter=opts.max_iter,
         C_grid=tuple(opts.C_grid),
+        blas_threads=opts.blas_threads,
     )
     how = {
         "method": "confident joint (cleanlab) on out-of-fold linear-probe probabilities of "
