@@ -209,3 +209,30 @@ def test_validate_section_names_key() -> None:
 @pytest.mark.skipif(not (REPO / "params.yaml").exists(), reason="no params.yaml in the repo yet")
 def test_repo_params_yaml_is_valid() -> None:
     load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "params_file",
+    ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))],
+)
+def test_every_params_file_fills_what_dvc_yaml_interpolates(params_file: str) -> None:
+    # `cp presets/<name>.yaml params.yaml && dvc repro` fails before any stage runs when dvc.yaml names a
+    # ${key} the file lacks ("Could not find 'data.manifest_root'"); foreach keys must be lists.
+    import re
+
+    import yaml
+
+    raw = yaml.safe_load((REPO / params_file).read_text())
+    keys = set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", (REPO / "dvc.yaml").read_text())) - {"item"}
+    assert keys, "dvc.yaml interpolates nothing: the check would pass vacuously"
+    missing = []
+    for key in sorted(keys):
+        node = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(key)
+    assert not missing, f"{params_file} lacks (or sets null) what dvc.yaml interpolates: {missing}"
+    for key in ("methods", "detectors"):
+        assert isinstance(raw[key], list), f"{params_file}: {key} must be a list (dvc.yaml's foreach)"
+    parse_params(raw, params_file)
