@@ -236,3 +236,30 @@ def test_every_params_file_fills_what_dvc_yaml_interpolates(params_file: str) ->
     for key in ("methods", "detectors"):
         assert isinstance(raw[key], list), f"{params_file}: {key} must be a list (dvc.yaml's foreach)"
     parse_params(raw, params_file)
+
+
+@pytest.mark.parametrize(
+    "params_file",
+    ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))],
+)
+def test_every_params_file_holds_the_params_keys_dvc_yaml_stages_declare(params_file: str) -> None:
+    # DVC refuses a stage whose declared params key is absent ("Parameters 'datalab' are missing from
+    # 'params.yaml'"), after every stage before it has run. `<section>.${item}` expands over the foreach list.
+    import yaml
+
+    raw = yaml.safe_load((REPO / params_file).read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        items = raw.get(stage["foreach"].strip("${}"), []) if "foreach" in stage else [None]
+        for key in body.get("params", []):
+            for item in items:
+                path = key.replace("${item}", str(item)) if item is not None else key
+                node: object = raw
+                for part in path.split("."):
+                    node = node[part] if isinstance(node, dict) and part in node else KeyError
+                if node is KeyError:
+                    missing.append(f"{name}: {path}")
+    assert len(stages) > 5
+    assert not missing, f"{params_file} lacks params keys that dvc.yaml's stages declare: {missing}"
