@@ -140,8 +140,8 @@ def main() -> None:
             keep = order["action"].to_numpy() != "drop"
             lab = order["cleaned_label"].fill_null(-1).to_numpy()
             acc_after = float((lab[keep] == truth[keep]).mean())
-            base = _fit(ftr, given, k, 1.0, 2000, 1)
-            after = _fit(ftr[keep], lab[keep], k, 1.0, 2000, 1)
+            base = _fit(ftr, given, k, 1.0, max_iter=2000, blas_threads=1)
+            after = _fit(ftr[keep], lab[keep], k, 1.0, max_iter=2000, blas_threads=1)
             acc_noisy = float((_proba(base, fte, k).argmax(1) == test_y).mean())
             acc_clean = float((_proba(after, fte, k).argmax(1) == test_y).mean())
             changed = float((order["action"] != "keep").mean())

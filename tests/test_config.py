@@ -211,10 +211,19 @@ def test_repo_params_yaml_is_valid() -> None:
     load_params(REPO / "params.yaml")
 
 
-@pytest.mark.parametrize(
-    "params_file",
-    ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))],
-)
+PARAMS_FILES = ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))]
+_ABSENT = object()
+
+
+def _lookup(raw: dict, dotted: str) -> object:
+    """The value at `a.b.c` in a params mapping, or `_ABSENT` where a key along the path is missing."""
+    node: object = raw
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) and part in node else _ABSENT
+    return node
+
+
+@pytest.mark.parametrize("params_file", PARAMS_FILES)
 def test_every_params_file_fills_what_dvc_yaml_interpolates(params_file: str) -> None:
     # `cp presets/<name>.yaml params.yaml && dvc repro` fails before any stage runs when dvc.yaml names a
     # ${key} the file lacks ("Could not find 'data.manifest_root'"); foreach keys must be lists.
@@ -225,23 +234,14 @@ def test_every_params_file_fills_what_dvc_yaml_interpolates(params_file: str) ->
     raw = yaml.safe_load((REPO / params_file).read_text())
     keys = set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", (REPO / "dvc.yaml").read_text())) - {"item"}
     assert keys, "dvc.yaml interpolates nothing: the check would pass vacuously"
-    missing = []
-    for key in sorted(keys):
-        node = raw
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            missing.append(key)
+    missing = [key for key in sorted(keys) if _lookup(raw, key) in (_ABSENT, None)]
     assert not missing, f"{params_file} lacks (or sets null) what dvc.yaml interpolates: {missing}"
     for key in ("methods", "detectors"):
         assert isinstance(raw[key], list), f"{params_file}: {key} must be a list (dvc.yaml's foreach)"
     parse_params(raw, params_file)
 
 
-@pytest.mark.parametrize(
-    "params_file",
-    ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))],
-)
+@pytest.mark.parametrize("params_file", PARAMS_FILES)
 def test_every_params_file_holds_the_params_keys_dvc_yaml_stages_declare(params_file: str) -> None:
     # DVC refuses a stage whose declared params key is absent ("Parameters 'datalab' are missing from
     # 'params.yaml'"), after every stage before it has run. `<section>.${item}` expands over the foreach list.
@@ -255,11 +255,8 @@ def test_every_params_file_holds_the_params_keys_dvc_yaml_stages_declare(params_
         items = raw.get(stage["foreach"].strip("${}"), []) if "foreach" in stage else [None]
         for key in body.get("params", []):
             for item in items:
-                path = key.replace("${item}", str(item)) if item is not None else key
-                node: object = raw
-                for part in path.split("."):
-                    node = node[part] if isinstance(node, dict) and part in node else KeyError
-                if node is KeyError:
+                path = key if item is None else key.replace("${item}", str(item))
+                if _lookup(raw, path) is _ABSENT:
                     missing.append(f"{name}: {path}")
     assert len(stages) > 5
     assert not missing, f"{params_file} lacks params keys that dvc.yaml's stages declare: {missing}"

@@ -175,7 +175,7 @@ def batch_indices(
     When shuffling (training), a trailing batch smaller than a quarter of `batch_size` (and always one of a
     single sample) is left out: BatchNorm would normalise it, and update its running statistics, from a
     handful of samples, and an adaptive optimiser takes as large a step from it as from a full batch. On
-    the CIFAR-10N dev set a trailing batch of 2 (1 858 rows, batch 64) cost the fine-tune 11 points of test
+    the CIFAR-10N dev set a trailing batch of 2 (1 858 rows, batch 64) cost the fine-tune 7 points of test
     accuracy (docs/results.md). The order is reshuffled every epoch, so every row is still trained on.
     """
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
