@@ -84,16 +84,11 @@ def mean_sd(values: list[float], signed: bool = False) -> float | str:
     return f"{statistics.fmean(values):{sign}.3f} ± {statistics.stdev(values):.3f} ({len(values)})"
 
 
-def one_label_set(
-    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True, seeds: int = 1
-) -> tuple[dict, Path]:
-    raw = json.loads(json.dumps(raw))
-    raw["data"]["noisy_label_key"] = key
-    raw["methods"] = ["ce"]
-    params = parse_params(raw)
-    d = work / key
+def detect(params: Params, d: Path, features: Path | None) -> Path:
+    """A fresh workspace `d` with the run's detection stages: ingest, embed (or a copy of `features`, the
+    embeddings of the same images), the noise estimate and the detectors' score tables. Returns the
+    embeddings' path."""
     shutil.rmtree(d, ignore_errors=True)
-    t0 = time.perf_counter()
     run_ingest(params, d / "ingested")
     emb = d / "embeddings.parquet"
     if features is None:
@@ -107,6 +102,20 @@ def one_label_set(
             params, det, d / "ingested", noisy, emb, d / f"scores/{det}.parquet", d / f"logs/{det}.csv",
             oof, report,
         )  # fmt: skip
+    return emb
+
+
+def one_label_set(
+    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True, seeds: int = 1
+) -> tuple[dict, Path]:
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["noisy_label_key"] = key
+    raw["methods"] = ["ce"]
+    params = parse_params(raw)
+    d = work / key
+    t0 = time.perf_counter()
+    emb = detect(params, d, features)
+    noisy, report = d / "noisy/train.parquet", d / "noisy/noise_report.json"
     ce_noisy = ce_run(params, d, d)
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
     accs = [(ce_noisy, ce_retrain(params, d, d) if retrain else None)]

@@ -1,0 +1,124 @@
+"""How the cleaning policy's thresholds trade relabels for drops on real label noise, with no training.
+
+For each CIFAR-N label set (`data.noisy_label_key`) the script builds a `bench_clean_retrain.py`-style
+workspace with the params file's detection stages only (ingest, embed once, the noise estimate, the
+`detectors`), then applies `pipeline.clean.clean_labels` over the `clean.methods` score tables at every
+`clean.relabel_confidence` in `--relabel` and every cap in `--caps` (`auto`: the estimated rate, as
+`clean.max_share: auto`; `none`: no cap). It prints (and with `--out` writes) a markdown table: the
+relabels and drops, how many relabels give the true class, how many drops were wrong labels, the label
+accuracy before and after, and the wrong labels left among the kept rows. The params file's own setting is
+marked with *. `--features` reuses the embeddings parquet of an earlier run over the same images and embed
+settings (a workspace's `embeddings.parquet`), and skips the embed pass.
+
+    python bench/bench_clean_policy.py --params presets/cifar10n_cpu.yaml \
+        --keys worse_label,random_label1,aggre_label --out /tmp/clean_policy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import yaml  # noqa: E402
+from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+from bench_clean_retrain import detect  # noqa: E402
+
+from pipeline.clean import clean_labels  # noqa: E402
+from pipeline.config import Params  # noqa: E402
+from pipeline.evaluate import cleaning_figures  # noqa: E402
+from pipeline.io import read_table  # noqa: E402
+from pipeline.params import parse_params  # noqa: E402
+from pipeline.registry import score_schema  # noqa: E402
+from pipeline.schemas import NOISY  # noqa: E402
+
+
+def sweep(params: Params, d: Path, relabel: list[float], caps: list[str]) -> list[dict]:
+    """One row per (relabel_confidence, cap) over the workspace `d`'s score tables."""
+    truth, _ = read_table(d / "noisy/train.parquet", NOISY)
+    scores, names = {}, None
+    for m in params.clean.methods:
+        scores[m], names = read_table(d / f"scores/{m}.parquet", score_schema(m))
+    rate = (json.loads((d / "noisy/noise_report.json").read_text()).get("estimate") or {}).get("rate")
+    own_cap = {"auto": "auto", None: "none"}.get(params.clean.max_share, str(params.clean.max_share))
+    rows = []
+    for cap in caps:
+        for conf in relabel:
+            cleaned = clean_labels(
+                scores,
+                names,
+                relabel_confidence=conf,
+                drop_noise_score=params.clean.drop_noise_score,
+                agreement=params.clean.agreement,
+                max_share=rate if cap == "auto" else None,
+            )
+            f = cleaning_figures(cleaned, truth)
+            right = round((f["relabel_accuracy"] or 0.0) * f["relabel"])
+            wrong_drops = round((f["drop_precision"] or 0.0) * f["drop"])
+            own = conf == params.clean.relabel_confidence and cap == own_cap
+            rows.append(
+                {
+                    "labels": params.data.noisy_label_key,
+                    "relabel_confidence": f"{conf}{' *' if own else ''}",
+                    "cap": f"auto ({rate:.3f})" if cap == "auto" else cap,
+                    "relabel / drop": f"{f['relabel']} / {f['drop']}",
+                    "relabels to the true class": f"{right} of {f['relabel']}",
+                    "drops of wrong labels": f"{wrong_drops} of {f['drop']}",
+                    "label acc: noisy → kept": f"{f['label_accuracy_before']:.3f} → "
+                    f"{f['label_accuracy_after']:.3f}",
+                    "wrong labels left": f["noisy_remaining"],
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("presets/cifar10n_cpu.yaml"))
+    ap.add_argument("--keys", default="worse_label,random_label1,aggre_label")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gradclean-clean-policy"))
+    ap.add_argument("--features", type=Path, default=None, help="reuse these embeddings (same images)")
+    ap.add_argument("--relabel", default="0.9,0.8,0.7,0.6", help="relabel_confidence values")
+    ap.add_argument("--caps", default="auto,none", help="auto (the estimated rate) and/or none")
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    a = ap.parse_args()
+    relabel = [float(v) for v in a.relabel.split(",")]
+    caps = a.caps.split(",")
+    if any(not 0.0 <= v <= 1.0 for v in relabel) or any(c not in ("auto", "none") for c in caps):
+        ap.error("--relabel takes values in [0, 1]; --caps takes auto and/or none")
+    if a.features is not None and not a.features.is_file():
+        ap.error(f"--features: no such file: {a.features}")
+    raw = yaml.safe_load(a.params.read_text())
+    raw["methods"] = ["ce"]  # no method trains here; the detectors score
+    features = None
+    if a.features is not None:  # a copy first: the workspaces below are rebuilt, and it may lie in one
+        a.work.mkdir(parents=True, exist_ok=True)
+        features = Path(shutil.copy(a.features, a.work / "features.parquet"))
+    rows = []
+    for key in a.keys.split(","):
+        raw["data"]["noisy_label_key"] = key
+        params = parse_params(json.loads(json.dumps(raw)))
+        features = detect(params, a.work / key, features)
+        rows += sweep(params, a.work / key, relabel, caps)
+    cols = list(rows[0])
+    lines = [
+        f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}; clean.methods "
+        f"{', '.join(params.clean.methods)}, agreement {params.clean.agreement}, drop_noise_score "
+        f"{params.clean.drop_noise_score}; * = the params file's own setting",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+    ]
+    emit(lines, a.out)
+
+
+if __name__ == "__main__":
+    main()
