@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import yaml  # noqa: E402
-from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
 from bench_clean_retrain import detect  # noqa: E402
 
 from pipeline.clean import clean_labels  # noqa: E402
@@ -107,16 +107,12 @@ def main() -> None:
         params = parse_params(json.loads(json.dumps(raw)))
         features = detect(params, a.work / key, features)
         rows += sweep(params, a.work / key, relabel, caps)
-    cols = list(rows[0])
-    lines = [
+    head = (
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}; clean.methods "
         f"{', '.join(params.clean.methods)}, agreement {params.clean.agreement}, drop_noise_score "
-        f"{params.clean.drop_noise_score}; * = the params file's own setting",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
-    ]
+        f"{params.clean.drop_noise_score}; * = the params file's own setting"
+    )
+    lines = table(head, rows)
     emit(lines, a.out)
 
 

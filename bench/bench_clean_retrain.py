@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
 
 from pipeline.config import Params  # noqa: E402
 from pipeline.evaluate import cleaning_figures  # noqa: E402
@@ -172,16 +172,12 @@ def main() -> None:
         row, features = one_label_set(raw, key, a.work, features, not a.no_retrain, a.seeds)
         rows.append(row)
         print(row, flush=True)
-    cols = list(rows[0])
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)  # noqa: E731
-    lines = [
+    head = (
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-        f"CPU threads, torch {torch.__version__}",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-        *("| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows),
-    ]
+        f"CPU threads, torch {torch.__version__}"
+    )
+    lines = table(head, rows, fmt)
     emit(lines, a.out)
 
 
