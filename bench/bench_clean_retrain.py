@@ -9,9 +9,10 @@ markdown table: the true and estimated rate, the share changed, the label accura
 cleaning, the two test accuracies, and the labels a simulated reviewer fixes in its first 100 reviews when
 it walks gradclean's review queue, CE's noise_score ranking and a random order (`pipeline.review`).
 `--no-retrain` skips the retrain (detection and review only); `--embed-size` overrides `embed.image_size`.
-`--seeds N` repeats the CE pair (noisy labels, cleaned labels) at seeds seed .. seed+N-1 over the same
-cleaning, and reports the mean and standard deviation of both and of their paired difference: one seed's
-test accuracy on 508 images moves by a few points from run to run.
+`--seeds N` repeats the CE pair (noisy labels, cleaned labels) at training seeds seed+F .. seed+F+N-1
+(F = `--first-seed`, default 0) over the same cleaning (made at the params' own seed), and reports the
+mean and standard deviation of both and of their paired difference: one seed's test
+accuracy on 508 images moves by a few points from run to run.
 
     python -m stages.weights --out models/efficientnet_lite0.safetensors   # once: the preset's weights
     python bench/bench_clean_retrain.py --params presets/cifar10n_cpu.yaml \
@@ -106,7 +107,13 @@ def detect(params: Params, d: Path, features: Path | None) -> Path:
 
 
 def one_label_set(
-    raw: dict, key: str, work: Path, features: Path | None, retrain: bool = True, seeds: int = 1
+    raw: dict,
+    key: str,
+    work: Path,
+    features: Path | None,
+    retrain: bool = True,
+    seeds: int = 1,
+    first_seed: int = 0,
 ) -> tuple[dict, Path]:
     raw = json.loads(json.dumps(raw))
     raw["data"]["noisy_label_key"] = key
@@ -116,13 +123,13 @@ def one_label_set(
     t0 = time.perf_counter()
     emb = detect(params, d, features)
     noisy, report = d / "noisy/train.parquet", d / "noisy/noise_report.json"
-    ce_noisy = ce_run(params, d, d)
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
-    accs = [(ce_noisy, ce_retrain(params, d, d) if retrain else None)]
-    for s in range(1, seeds):  # the same cleaning, other training seeds
-        p_s = parse_params({**raw, "seed": raw.get("seed", 0) + s})
-        out = d / f"seed{p_s.seed}"
-        accs.append((ce_run(p_s, d, out), ce_retrain(p_s, d, out)))
+    accs = []
+    for s in range(first_seed, first_seed + seeds):  # the same cleaning, each training seed
+        p_s = params if s == 0 else parse_params({**raw, "seed": raw.get("seed", 0) + s})
+        out = d if s == 0 else d / f"seed{p_s.seed}"
+        accs.append((ce_run(p_s, d, out), ce_retrain(p_s, d, out) if retrain else None))
+        print(f"{key} seed {p_s.seed}: CE test acc, noisy → cleaned labels: {' → '.join(map(str, accs[-1]))}")
     truth, _ = read_table(noisy, NOISY)
     cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
     cl = cleaning_figures(cleaned, truth)
@@ -138,7 +145,11 @@ def one_label_set(
     }
     if len(accs) > 1:
         row["cleaned − noisy (paired)"] = mean_sd([b - a for a, b in accs], signed=True)
-    scores = {m: read_table(d / f"scores/{m}.parquet", score_schema(m))[0] for m in params.scored}
+    first_out = d if first_seed == 0 else d / f"seed{params.seed + first_seed}"  # CE's scores are there
+    scores = {
+        m: read_table((d if m in params.detectors else first_out) / f"scores/{m}.parquet", score_schema(m))[0]
+        for m in params.scored
+    }
     review, _ = review_simulation(truth, scores, params)
     for order, m in review["orders"].items():  # a simulated reviewer walks each order (labels fixed)
         row[f"fixed in 100 reviews: {order}"] = m["fixed_at_100"]
@@ -157,9 +168,10 @@ def main() -> None:
     ap.add_argument("--embed-size", type=int, default=None, help="override embed.image_size (px)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the retrain (detection and review only)")
     ap.add_argument("--seeds", type=int, default=1, help="CE pairs at this many training seeds (mean ± sd)")
+    ap.add_argument("--first-seed", type=int, default=0, help="offset of the first training seed")
     a = ap.parse_args()
-    if a.seeds < 1 or (a.seeds > 1 and a.no_retrain):
-        ap.error("--seeds must be >= 1, and more than one seed needs the retrain")
+    if a.seeds < 1 or a.first_seed < 0 or ((a.seeds > 1 or a.first_seed) and a.no_retrain):
+        ap.error("--seeds must be >= 1 and --first-seed >= 0; other training seeds need the retrain")
     raw = yaml.safe_load(a.params.read_text())
     if a.max_per_split:
         raw["data"]["max_per_split"] = a.max_per_split
@@ -169,7 +181,7 @@ def main() -> None:
         raw["embed"]["image_size"] = a.embed_size
     rows, features = [], None
     for key in a.keys.split(","):
-        row, features = one_label_set(raw, key, a.work, features, not a.no_retrain, a.seeds)
+        row, features = one_label_set(raw, key, a.work, features, not a.no_retrain, a.seeds, a.first_seed)
         rows.append(row)
         print(row, flush=True)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)  # noqa: E731
