@@ -11,8 +11,8 @@ it walks gradclean's review queue, CE's noise_score ranking and a random order (
 `--no-retrain` skips the retrain (detection and review only); `--embed-size` overrides `embed.image_size`.
 `--seeds N` repeats the CE pair (noisy labels, cleaned labels) at training seeds seed+F .. seed+F+N-1
 (F = `--first-seed`, default 0) over the same cleaning (made at the params' own seed), and reports the
-mean and standard deviation of both and of their paired difference: one seed's test
-accuracy on 508 images moves by a few points from run to run.
+mean and standard deviation of both and of their paired difference: one seed's test accuracy on 508
+images moves by a few points from run to run.
 
     python -m stages.weights --out models/efficientnet_lite0.safetensors   # once: the preset's weights
     python bench/bench_clean_retrain.py --params presets/cifar10n_cpu.yaml \
@@ -124,11 +124,11 @@ def one_label_set(
     emb = detect(params, d, features)
     noisy, report = d / "noisy/train.parquet", d / "noisy/noise_report.json"
     run_clean(params, d / "scores", d / "cleaned/labels.parquet", d / "cleaned/labels.csv", report)
-    accs = []
+    accs, outs = [], []
     for s in range(first_seed, first_seed + seeds):  # the same cleaning, each training seed
         p_s = params if s == 0 else parse_params({**raw, "seed": raw.get("seed", 0) + s})
-        out = d if s == 0 else d / f"seed{p_s.seed}"
-        accs.append((ce_run(p_s, d, out), ce_retrain(p_s, d, out) if retrain else None))
+        outs.append(d if s == 0 else d / f"seed{p_s.seed}")
+        accs.append((ce_run(p_s, d, outs[-1]), ce_retrain(p_s, d, outs[-1]) if retrain else None))
         print(f"{key} seed {p_s.seed}: CE test acc, noisy → cleaned labels: {' → '.join(map(str, accs[-1]))}")
     truth, _ = read_table(noisy, NOISY)
     cleaned, _ = read_table(d / "cleaned/labels.parquet", CLEANED)
@@ -145,9 +145,8 @@ def one_label_set(
     }
     if len(accs) > 1:
         row["cleaned − noisy (paired)"] = mean_sd([b - a for a, b in accs], signed=True)
-    first_out = d if first_seed == 0 else d / f"seed{params.seed + first_seed}"  # CE's scores are there
-    scores = {
-        m: read_table((d if m in params.detectors else first_out) / f"scores/{m}.parquet", score_schema(m))[0]
+    scores = {  # the detectors' scores from the detection, CE's from the first training seed
+        m: read_table((d if m in params.detectors else outs[0]) / f"scores/{m}.parquet", score_schema(m))[0]
         for m in params.scored
     }
     review, _ = review_simulation(truth, scores, params)
