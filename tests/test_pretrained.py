@@ -116,6 +116,7 @@ def test_backbone_lr_scale_and_frozen_epochs(weights):
     head, body = opt.param_groups
     assert {id(p) for p in head["params"]} == {id(p) for p in net.get_classifier().parameters()}
     assert head["lr"] == pytest.approx(0.05) and body["lr"] == 0.0  # epoch 0: backbone frozen
+    opt.step()  # the epoch's updates, in torch's order (no gradients here: nothing moves), then the schedule
     sched.step()
     assert body["lr"] == pytest.approx(0.1 * head["lr"])
 
