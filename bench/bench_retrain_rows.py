@@ -3,18 +3,27 @@ cleaned-label files of a `bench_clean_retrain.py` workspace, at the params' seed
 
     python bench/bench_clean_retrain.py --keys aggre_label --work /tmp/cr   # once: the workspace
     python bench/bench_retrain_rows.py --work /tmp/cr/aggre_label [--drop 176] [--out FILE]
+    python bench/bench_retrain_rows.py --work /tmp/cr/aggre_label --rows all,oracle,cleaning --seeds 6
 
-Rows: every training row with its given label (the retrain path must reproduce CE on the noisy labels);
-`--drop` rows dropped at random; every truly wrong row dropped (an oracle); the workspace's own cleaning.
-The table gives each run's training rows, the size of the epoch's trailing batch before training leaves
-out one under a quarter of the batch size, and the test accuracy.
+Rows (`--rows`): `all`, every training row with its given label (the retrain path must reproduce CE on the
+noisy labels); `random`, `--drop` rows dropped at random; `oracle`, every truly wrong row dropped; `cleaning`,
+the workspace's own cleaning; `cleaning-hits`, that cleaning with its changes to truly right rows undone
+(those rows keep their given label): what its drops of right labels cost. The table gives each run's training
+rows, the size of the epoch's trailing batch before training leaves out one under a quarter of the batch size,
+and the test accuracy.
+With `--seeds N` every row is trained at seeds seed+F .. seed+F+N-1 (F = `--first-seed`) over the same
+rows, and the table gives the mean ± sd of the test accuracy, each seed's value, and, against `all` at the
+same seed, the paired difference's mean ± its standard error: how far the gain of a perfect cleaning (the
+oracle) stands out of the fine-tune's seed-to-seed spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,14 +34,23 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
-from _markdown import emit  # noqa: E402  bench/, on the path when a script runs
+from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
 
 from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import run_retrain  # noqa: E402
 
+ROWS = {
+    "all": "every row, given labels",
+    "random": "{drop} rows dropped at random",
+    "oracle": "every wrong row dropped (oracle)",
+    "cleaning": "the workspace's cleaning",
+    "cleaning-hits": "the cleaning's changes to wrong rows only (oracle)",
+}
+
 
 def variants(cleaned: pl.DataFrame, noisy: pl.DataFrame, drop: int, seed: int) -> dict[str, pl.DataFrame]:
-    """Cleaned-label tables: keep-all, a random drop, the oracle drop, and the workspace's own."""
+    """Cleaned-label tables by `ROWS` key: keep-all, a random drop, the oracle drop, the workspace's own,
+    and the workspace's own on wrong rows only."""
     keep_all = cleaned.with_columns(
         pl.col("given_label").alias("cleaned_label"), pl.col("given_class").alias("cleaned_class"),
         pl.lit("keep").alias("action"),
@@ -53,11 +71,21 @@ def variants(cleaned: pl.DataFrame, noisy: pl.DataFrame, drop: int, seed: int) -
         )
 
     return {
-        "every row, given labels": keep_all,
-        f"{drop} rows dropped at random": dropping(random_drop),
-        "every wrong row dropped (oracle)": dropping(wrong.to_numpy()),
-        "the workspace's cleaning": cleaned,
+        "all": keep_all,
+        "random": dropping(random_drop),
+        "oracle": dropping(wrong.to_numpy()),
+        "cleaning": cleaned,
+        "cleaning-hits": cleaned.with_columns(  # wrong rows as the cleaning left them, right rows as given
+            pl.when(wrong).then(pl.col(c)).otherwise(keep_all[c]).alias(c)
+            for c in ("action", "cleaned_label", "cleaned_class")
+        ),
     }
+
+
+def paired(values: list[float], base: list[float]) -> str:
+    """The paired difference `values - base` over seeds as 'mean ± standard error'."""
+    diff = [v - b for v, b in zip(values, base, strict=True)]
+    return f"{statistics.fmean(diff):+.3f} ± {statistics.stdev(diff) / math.sqrt(len(diff)):.3f}"
 
 
 def main() -> None:
@@ -66,30 +94,53 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("presets/cifar10n_cpu.yaml"))
     ap.add_argument("--key", default="aggre_label", help="data.noisy_label_key of that folder")
     ap.add_argument("--drop", type=int, default=176)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per row")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first training seed past the params' seed")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
+    rows = a.rows.split(",")
+    if unknown := [r for r in rows if r not in ROWS]:
+        ap.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
+    if a.seeds > 1 and "all" not in rows:
+        ap.error("--seeds > 1 pairs every row with `all` at the same seed: include `all` in --rows")
     raw = yaml.safe_load(a.params.read_text())
     raw["data"]["noisy_label_key"] = a.key
     raw["methods"] = ["ce"]
     params = parse_params(raw)
     cleaned = pl.read_parquet(a.work / "cleaned/labels.parquet")
     noisy = pl.read_parquet(a.work / "noisy/train.parquet")
+    tables = variants(cleaned, noisy, a.drop, params.seed)  # the same rows at every training seed
+    seeds = range(params.seed + a.first_seed, params.seed + a.first_seed + a.seeds)
     batch = params.train.batch_size
-    lines = [
-        f"`python bench/bench_retrain_rows.py {' '.join(sys.argv[1:])}`: seed {params.seed}, batch {batch}",
-        "",
-        "| training rows | rows | trailing batch | test acc |",
-        "|---|---|---|---|",
-    ]
+    accs: dict[str, list[float]] = {r: [] for r in rows}
+    sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, table in variants(cleaned, noisy, a.drop, params.seed).items():
-            path, out = Path(tmp) / "cleaned.parquet", Path(tmp) / "retrain.json"
-            table.write_parquet(path)
-            run_retrain(params, a.work / "ingested", a.work / "noisy/train.parquet", path, out,
-                        Path(tmp) / "retrain.csv", None)  # fmt: skip
-            res = json.loads(out.read_text())
-            rows = res["train_samples"]
-            lines.append(f"| {name} | {rows} | {rows % batch} | {res['test_acc_last']:.3f} |")
+        for seed in seeds:
+            p_s = parse_params({**raw, "seed": seed})
+            for r in rows:
+                path, out = Path(tmp) / "cleaned.parquet", Path(tmp) / "retrain.json"
+                tables[r].write_parquet(path)
+                run_retrain(p_s, a.work / "ingested", a.work / "noisy/train.parquet", path, out,
+                            Path(tmp) / "retrain.csv", None)  # fmt: skip
+                res = json.loads(out.read_text())
+                sizes[r] = res["train_samples"]
+                accs[r].append(res["test_acc_last"])
+                print(f"seed {seed}, {r}: {sizes[r]} rows, test acc {accs[r][-1]:.3f}", flush=True)
+    head = f"`python bench/bench_retrain_rows.py {' '.join(sys.argv[1:])}`: batch {batch}, "
+    head += f"seed {seeds.start}" if a.seeds == 1 else f"seeds {seeds.start}-{seeds.stop - 1}"
+    out_rows = []
+    for r in rows:
+        v, n = accs[r], sizes[r]
+        row = {"training rows": ROWS[r].format(drop=a.drop), "rows": n, "trailing batch": n % batch}
+        if a.seeds == 1:
+            row["test acc"] = f"{v[0]:.3f}"
+        else:
+            row["test acc"] = f"{statistics.fmean(v):.3f} ± {statistics.stdev(v):.3f}"
+            row["per seed"] = ", ".join(f"{x:.3f}" for x in v)
+            row["− every row (paired, ± se)"] = "" if r == "all" else paired(v, accs["all"])
+        out_rows.append(row)
+    lines = table(head, out_rows)
     emit(lines, a.out)
 
 
