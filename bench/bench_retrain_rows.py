@@ -1,5 +1,5 @@
 """Which rows the fine-tuned retrain loses, one change at a time: the pipeline's `retrain` (CE) on edited
-cleaned-label files of a `bench_clean_retrain.py` workspace, at the params' seed.
+cleaned-label files of a `bench_clean_retrain.py` workspace, at the params' seed or over several.
 
     python bench/bench_clean_retrain.py --keys aggre_label --work /tmp/cr   # once: the workspace
     python bench/bench_retrain_rows.py --work /tmp/cr/aggre_label [--drop 176] [--out FILE]
@@ -116,12 +116,14 @@ def main() -> None:
     accs: dict[str, list[float]] = {r: [] for r in rows}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        paths = {r: Path(tmp) / f"{r}.parquet" for r in rows}  # each row's cleaned-label file, written once
+        for r, path in paths.items():
+            tables[r].write_parquet(path)
+        out = Path(tmp) / "retrain.json"
         for seed in seeds:
             p_s = parse_params({**raw, "seed": seed})
             for r in rows:
-                path, out = Path(tmp) / "cleaned.parquet", Path(tmp) / "retrain.json"
-                tables[r].write_parquet(path)
-                run_retrain(p_s, a.work / "ingested", a.work / "noisy/train.parquet", path, out,
+                run_retrain(p_s, a.work / "ingested", a.work / "noisy/train.parquet", paths[r], out,
                             Path(tmp) / "retrain.csv", None)  # fmt: skip
                 res = json.loads(out.read_text())
                 sizes[r] = res["train_samples"]
