@@ -14,7 +14,14 @@ and the test accuracy.
 With `--seeds N` every row is trained at seeds seed+F .. seed+F+N-1 (F = `--first-seed`) over the same
 rows, and the table gives the mean ± sd of the test accuracy, each seed's value, and, against `all` at the
 same seed, the paired difference's mean ± its standard error: how far the gain of a perfect cleaning (the
-oracle) stands out of the fine-tune's seed-to-seed spread.
+oracle) stands out of the fine-tune's seed-to-seed spread. `--all-from FILE` takes the `all` row's per-seed
+values from an earlier `--out` table at the same seeds instead of training it again: `all` does not depend
+on the workspace's cleaning, so another cleaning of the same label set can be paired with it. Only compare
+runs from the same host (the fine-tune's last digits differ across CPUs); `--rows all,cleaning --seeds 1`
+at the first seed checks that `all` reproduces.
+
+    python bench/bench_retrain_rows.py --work /tmp/cr2/aggre_label --rows cleaning --seeds 20 \
+        --first-seed 12 --all-from /tmp/rows20.md
 """
 
 from __future__ import annotations
@@ -88,6 +95,22 @@ def paired(values: list[float], base: list[float]) -> str:
     return f"{statistics.fmean(diff):+.3f} ± {statistics.stdev(diff) / math.sqrt(len(diff)):.3f}"
 
 
+def earlier_all(path: Path, seeds: range) -> list[float]:
+    """The `all` row's per-seed test accuracies from an earlier `--out` table of this script at `seeds`."""
+    text = path.read_text()
+    span = f"seeds {seeds.start}-{seeds.stop - 1}"
+    if span not in text.splitlines()[0]:
+        raise SystemExit(f"--all-from {path}: its first line is not a run at {span}")
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].startswith(ROWS["all"]):
+            values = [float(v) for v in cells[4].split(",")]
+            if len(values) != len(seeds):
+                raise SystemExit(f"--all-from {path}: {len(values)} `all` values for {len(seeds)} seeds")
+            return values
+    raise SystemExit(f"--all-from {path}: no `{ROWS['all']}` row")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="a bench_clean_retrain label-set folder")
@@ -97,12 +120,15 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per row")
     ap.add_argument("--first-seed", type=int, default=0, help="the first training seed past the params' seed")
+    ap.add_argument("--all-from", type=Path, default=None, help="an earlier --out table's `all` row")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     rows = a.rows.split(",")
     if unknown := [r for r in rows if r not in ROWS]:
         ap.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
-    if a.seeds > 1 and "all" not in rows:
+    if a.all_from is not None and "all" in rows:
+        ap.error("--all-from replaces the `all` row: leave `all` out of --rows")
+    if a.seeds > 1 and "all" not in rows and a.all_from is None:
         ap.error("--seeds > 1 pairs every row with `all` at the same seed: include `all` in --rows")
     raw = yaml.safe_load(a.params.read_text())
     raw["data"]["noisy_label_key"] = a.key
@@ -115,6 +141,9 @@ def main() -> None:
     batch = params.train.batch_size
     accs: dict[str, list[float]] = {r: [] for r in rows}
     sizes: dict[str, int] = {}
+    if a.all_from is not None:
+        accs["all"] = earlier_all(a.all_from, seeds)
+        sizes["all"] = noisy.height
     with tempfile.TemporaryDirectory() as tmp:
         paths = {r: Path(tmp) / f"{r}.parquet" for r in rows}  # each row's cleaned-label file, written once
         for r, path in paths.items():
@@ -132,9 +161,10 @@ def main() -> None:
     head = f"`python bench/bench_retrain_rows.py {' '.join(sys.argv[1:])}`: batch {batch}, "
     head += f"seed {seeds.start}" if a.seeds == 1 else f"seeds {seeds.start}-{seeds.stop - 1}"
     out_rows = []
-    for r in rows:
+    for r in (["all"] if a.all_from is not None else []) + rows:
         v, n = accs[r], sizes[r]
-        row = {"training rows": ROWS[r].format(drop=a.drop), "rows": n, "trailing batch": n % batch}
+        label = ROWS[r].format(drop=a.drop) + (f" (from {a.all_from})" if r == "all" and a.all_from else "")
+        row = {"training rows": label, "rows": n, "trailing batch": n % batch}
         if a.seeds == 1:
             row["test acc"] = f"{v[0]:.3f}"
         else:
