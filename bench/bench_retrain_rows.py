@@ -97,14 +97,17 @@ def paired(values: list[float], base: list[float]) -> str:
 
 def earlier_all(path: Path, seeds: range) -> list[float]:
     """The `all` row's per-seed test accuracies from an earlier `--out` table of this script at `seeds`."""
-    text = path.read_text()
+    lines = path.read_text().splitlines()
     span = f"seeds {seeds.start}-{seeds.stop - 1}"
-    if span not in text.splitlines()[0]:
+    if not lines or span not in lines[0]:
         raise SystemExit(f"--all-from {path}: its first line is not a run at {span}")
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].startswith(ROWS["all"]):
-            values = [float(v) for v in cells[4].split(",")]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    if not rows or "per seed" not in rows[0]:
+        raise SystemExit(f"--all-from {path}: no table with a `per seed` column")
+    column = rows[0].index("per seed")
+    for cells in rows[2:]:
+        if cells[0].startswith(ROWS["all"]):
+            values = [float(v) for v in cells[column].split(",")]
             if len(values) != len(seeds):
                 raise SystemExit(f"--all-from {path}: {len(values)} `all` values for {len(seeds)} seeds")
             return values
