@@ -7,8 +7,12 @@ workspace with the params file's detection stages only (ingest, embed once, the 
 `clean.max_share: auto`; `none`: no cap). It prints (and with `--out` writes) a markdown table: the
 relabels and drops, how many relabels give the true class, how many drops were wrong labels, the label
 accuracy before and after, and the wrong labels left among the kept rows. The params file's own setting is
-marked with *. `--features` reuses the embeddings parquet of an earlier run over the same images and embed
-settings (a workspace's `embeddings.parquet`), and skips the embed pass.
+marked with *. A second table asks whether another vote could find more wrong labels within the same
+cap: for each `clean.methods` score table alone (its `noise_score` ranking) and for their mean rank, the
+AUROC for the wrong labels and how many wrong labels its first k rows hold, k being the rows the own
+setting changes; the vote's own count of changed rows that were wrong closes each label set. `--features`
+reuses the embeddings parquet of an earlier run over the same images and embed settings (a workspace's
+`embeddings.parquet`), and skips the embed pass.
 
     python bench/bench_clean_policy.py --params presets/cifar10n_cpu.yaml \
         --keys worse_label,random_label1,aggre_label --out /tmp/clean_policy.md
@@ -27,9 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
 from bench_clean_retrain import detect  # noqa: E402
+from scipy.stats import rankdata  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from pipeline.clean import clean_labels  # noqa: E402
 from pipeline.config import Params  # noqa: E402
@@ -79,6 +86,57 @@ def sweep(params: Params, d: Path, relabel: list[float], caps: list[str]) -> lis
     return rows
 
 
+def rankings(params: Params, d: Path) -> list[dict]:
+    """Wrong labels within the own setting's changed-row count: each score table's ranking, their mean
+    rank, and the vote itself (the params' own `clean` settings over the workspace `d`)."""
+    truth, _ = read_table(d / "noisy/train.parquet", NOISY)
+    truth = truth.sort("sample_id")
+    wrong = truth["is_noisy"].to_numpy()
+    scores, names = {}, None
+    for m in params.clean.methods:
+        scores[m], names = read_table(d / f"scores/{m}.parquet", score_schema(m))
+    rate = (json.loads((d / "noisy/noise_report.json").read_text()).get("estimate") or {}).get("rate")
+    share = rate if params.clean.max_share == "auto" else params.clean.max_share
+    cleaned = clean_labels(
+        scores,
+        names,
+        relabel_confidence=params.clean.relabel_confidence,
+        drop_noise_score=params.clean.drop_noise_score,
+        agreement=params.clean.agreement,
+        max_share=share,
+    ).sort("sample_id")
+    changed = cleaned["action"].to_numpy() != "keep"
+    k = int(changed.sum())
+    ranks = {}
+    for m, frame in scores.items():
+        frame = frame.sort("sample_id")
+        if not frame["sample_id"].equals(truth["sample_id"]):
+            raise ValueError(f"{d / f'scores/{m}.parquet'}: sample ids differ from noisy/train.parquet")
+        ranks[m] = rankdata(frame["noise_score"].to_numpy()) / frame.height
+    if len(ranks) > 1:
+        ranks["mean rank of " + " + ".join(ranks)] = np.mean(list(ranks.values()), axis=0)
+    rows = []
+    for name, r in ranks.items():
+        top = np.argsort(-r, kind="stable")[:k]
+        rows.append(
+            {
+                "labels": params.data.noisy_label_key,
+                "ranking": name,
+                "AUROC": f"{roc_auc_score(wrong, r):.3f}",
+                "wrong labels in the first k": f"{int(wrong[top].sum())} of {k}",
+            }
+        )
+    rows.append(
+        {
+            "labels": params.data.noisy_label_key,
+            "ranking": f"the vote's changes (agreement {params.clean.agreement})",
+            "AUROC": "–",
+            "wrong labels in the first k": f"{int(wrong[changed].sum())} of {k}",
+        }
+    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=Path("presets/cifar10n_cpu.yaml"))
@@ -101,18 +159,27 @@ def main() -> None:
     if a.features is not None:  # a copy first: the workspaces below are rebuilt, and it may lie in one
         a.work.mkdir(parents=True, exist_ok=True)
         features = Path(shutil.copy(a.features, a.work / "features.parquet"))
-    rows = []
+    rows, ranked = [], []
     for key in a.keys.split(","):
         raw["data"]["noisy_label_key"] = key
         params = parse_params(json.loads(json.dumps(raw)))
         features = detect(params, a.work / key, features)
         rows += sweep(params, a.work / key, relabel, caps)
+        ranked += rankings(params, a.work / key)
     head = (
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}; clean.methods "
         f"{', '.join(params.clean.methods)}, agreement {params.clean.agreement}, drop_noise_score "
         f"{params.clean.drop_noise_score}; * = the params file's own setting"
     )
-    lines = table(head, rows)
+    wrong_total = "; ".join(
+        f"{k}: {int(read_table(a.work / k / 'noisy/train.parquet', NOISY)[0]['is_noisy'].sum())} wrong"
+        for k in a.keys.split(",")
+    )
+    lines = (
+        table(head, rows)
+        + [""]
+        + table(f"Each ranking within the own setting's k changes ({wrong_total}):", ranked)
+    )
     emit(lines, a.out)
 
 
