@@ -26,12 +26,14 @@ import os
 import platform
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
 from bench_clean_retrain import detect  # noqa: E402
@@ -47,26 +49,51 @@ from pipeline.registry import score_schema  # noqa: E402
 from pipeline.schemas import NOISY  # noqa: E402
 
 
-def sweep(params: Params, d: Path, relabel: list[float], caps: list[str]) -> list[dict]:
-    """One row per (relabel_confidence, cap) over the workspace `d`'s score tables."""
-    truth, _ = read_table(d / "noisy/train.parquet", NOISY)
-    scores, names = {}, None
+@dataclass
+class Workspace:
+    """A detection workspace's tables, read once: the truth, the `clean.methods` score tables (all sorted by
+    sample_id), the class names and the noise stage's estimated rate."""
+
+    truth: pl.DataFrame
+    scores: dict[str, pl.DataFrame]
+    names: list[str]
+    rate: float | None
+
+
+def read_workspace(params: Params, d: Path) -> Workspace:
+    """The workspace `d`'s tables; a score table whose sample ids differ from the truth's is refused."""
+    truth = read_table(d / "noisy/train.parquet", NOISY)[0].sort("sample_id")
+    scores, names = {}, []
     for m in params.clean.methods:
-        scores[m], names = read_table(d / f"scores/{m}.parquet", score_schema(m))
+        frame, names = read_table(d / f"scores/{m}.parquet", score_schema(m))
+        scores[m] = frame.sort("sample_id")
+        if not scores[m]["sample_id"].equals(truth["sample_id"]):
+            raise ValueError(f"{d / f'scores/{m}.parquet'}: sample ids differ from noisy/train.parquet")
     rate = (json.loads((d / "noisy/noise_report.json").read_text()).get("estimate") or {}).get("rate")
+    return Workspace(truth, scores, names, rate)
+
+
+def clean_at(
+    params: Params, ws: Workspace, relabel_confidence: float, max_share: float | None
+) -> pl.DataFrame:
+    """The cleaning of `ws` at this threshold and cap, with the params' other `clean` settings."""
+    return clean_labels(
+        ws.scores,
+        ws.names,
+        relabel_confidence=relabel_confidence,
+        drop_noise_score=params.clean.drop_noise_score,
+        agreement=params.clean.agreement,
+        max_share=max_share,
+    )
+
+
+def sweep(params: Params, ws: Workspace, relabel: list[float], caps: list[str]) -> list[dict]:
+    """One row per (relabel_confidence, cap) over the workspace's score tables."""
     own_cap = {"auto": "auto", None: "none"}.get(params.clean.max_share, str(params.clean.max_share))
     rows = []
     for cap in caps:
         for conf in relabel:
-            cleaned = clean_labels(
-                scores,
-                names,
-                relabel_confidence=conf,
-                drop_noise_score=params.clean.drop_noise_score,
-                agreement=params.clean.agreement,
-                max_share=rate if cap == "auto" else None,
-            )
-            f = cleaning_figures(cleaned, truth)
+            f = cleaning_figures(clean_at(params, ws, conf, ws.rate if cap == "auto" else None), ws.truth)
             right = round((f["relabel_accuracy"] or 0.0) * f["relabel"])
             wrong_drops = round((f["drop_precision"] or 0.0) * f["drop"])
             own = conf == params.clean.relabel_confidence and cap == own_cap
@@ -74,7 +101,7 @@ def sweep(params: Params, d: Path, relabel: list[float], caps: list[str]) -> lis
                 {
                     "labels": params.data.noisy_label_key,
                     "relabel_confidence": f"{conf}{' *' if own else ''}",
-                    "cap": f"auto ({rate:.3f})" if cap == "auto" else cap,
+                    "cap": f"auto ({ws.rate:.3f})" if cap == "auto" else cap,
                     "relabel / drop": f"{f['relabel']} / {f['drop']}",
                     "relabels to the true class": f"{right} of {f['relabel']}",
                     "drops of wrong labels": f"{wrong_drops} of {f['drop']}",
@@ -86,46 +113,26 @@ def sweep(params: Params, d: Path, relabel: list[float], caps: list[str]) -> lis
     return rows
 
 
-def rankings(params: Params, d: Path) -> list[dict]:
+def rankings(params: Params, ws: Workspace) -> list[dict]:
     """Wrong labels within the own setting's changed-row count: each score table's ranking, their mean
-    rank, and the vote itself (the params' own `clean` settings over the workspace `d`)."""
-    truth, _ = read_table(d / "noisy/train.parquet", NOISY)
-    truth = truth.sort("sample_id")
-    wrong = truth["is_noisy"].to_numpy()
-    scores, names = {}, None
-    for m in params.clean.methods:
-        scores[m], names = read_table(d / f"scores/{m}.parquet", score_schema(m))
-    rate = (json.loads((d / "noisy/noise_report.json").read_text()).get("estimate") or {}).get("rate")
-    share = rate if params.clean.max_share == "auto" else params.clean.max_share
-    cleaned = clean_labels(
-        scores,
-        names,
-        relabel_confidence=params.clean.relabel_confidence,
-        drop_noise_score=params.clean.drop_noise_score,
-        agreement=params.clean.agreement,
-        max_share=share,
-    ).sort("sample_id")
+    rank, and the vote itself (the params' own `clean` settings)."""
+    wrong = ws.truth["is_noisy"].to_numpy()
+    share = ws.rate if params.clean.max_share == "auto" else params.clean.max_share
+    cleaned = clean_at(params, ws, params.clean.relabel_confidence, share).sort("sample_id")
     changed = cleaned["action"].to_numpy() != "keep"
     k = int(changed.sum())
-    ranks = {}
-    for m, frame in scores.items():
-        frame = frame.sort("sample_id")
-        if not frame["sample_id"].equals(truth["sample_id"]):
-            raise ValueError(f"{d / f'scores/{m}.parquet'}: sample ids differ from noisy/train.parquet")
-        ranks[m] = rankdata(frame["noise_score"].to_numpy()) / frame.height
+    ranks = {m: rankdata(f["noise_score"].to_numpy()) / f.height for m, f in ws.scores.items()}
     if len(ranks) > 1:
         ranks["mean rank of " + " + ".join(ranks)] = np.mean(list(ranks.values()), axis=0)
-    rows = []
-    for name, r in ranks.items():
-        top = np.argsort(-r, kind="stable")[:k]
-        rows.append(
-            {
-                "labels": params.data.noisy_label_key,
-                "ranking": name,
-                "AUROC": f"{roc_auc_score(wrong, r):.3f}",
-                "wrong labels in the first k": f"{int(wrong[top].sum())} of {k}",
-            }
-        )
+    rows = [
+        {
+            "labels": params.data.noisy_label_key,
+            "ranking": name,
+            "AUROC": f"{roc_auc_score(wrong, r):.3f}",
+            "wrong labels in the first k": f"{int(wrong[np.argsort(-r, kind='stable')[:k]].sum())} of {k}",
+        }
+        for name, r in ranks.items()
+    ]
     rows.append(
         {
             "labels": params.data.noisy_label_key,
@@ -159,26 +166,24 @@ def main() -> None:
     if a.features is not None:  # a copy first: the workspaces below are rebuilt, and it may lie in one
         a.work.mkdir(parents=True, exist_ok=True)
         features = Path(shutil.copy(a.features, a.work / "features.parquet"))
-    rows, ranked = [], []
+    rows, ranked, wrong = [], [], []
     for key in a.keys.split(","):
         raw["data"]["noisy_label_key"] = key
         params = parse_params(json.loads(json.dumps(raw)))
         features = detect(params, a.work / key, features)
-        rows += sweep(params, a.work / key, relabel, caps)
-        ranked += rankings(params, a.work / key)
+        ws = read_workspace(params, a.work / key)
+        rows += sweep(params, ws, relabel, caps)
+        ranked += rankings(params, ws)
+        wrong.append(f"{key}: {int(ws.truth['is_noisy'].sum())} wrong")
     head = (
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}; clean.methods "
         f"{', '.join(params.clean.methods)}, agreement {params.clean.agreement}, drop_noise_score "
         f"{params.clean.drop_noise_score}; * = the params file's own setting"
     )
-    wrong_total = "; ".join(
-        f"{k}: {int(read_table(a.work / k / 'noisy/train.parquet', NOISY)[0]['is_noisy'].sum())} wrong"
-        for k in a.keys.split(",")
-    )
     lines = (
         table(head, rows)
         + [""]
-        + table(f"Each ranking within the own setting's k changes ({wrong_total}):", ranked)
+        + table(f"Each ranking within the own setting's k changes ({'; '.join(wrong)}):", ranked)
     )
     emit(lines, a.out)
 
