@@ -27,7 +27,7 @@ from pipeline.detectors.knn import ivf_lists_for, make_searcher  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--k", type=int, default=20)

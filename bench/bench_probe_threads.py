@@ -56,7 +56,7 @@ def synthetic_problem(n: int, seed: int = 0) -> tuple[str, np.ndarray, np.ndarra
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workspace", type=Path, default=None)
     ap.add_argument("--sizes", default="", help="synthetic row counts, comma-separated")
     ap.add_argument("--threads", default="1,2", help="BLAS thread counts to compare")

@@ -69,7 +69,7 @@ def throughput(model, images: torch.Tensor, kw: dict, rounds: int = 2) -> tuple[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="presets/cifar10n_cpu.yaml")
     ap.add_argument("--sizes", default="224")
     ap.add_argument("--keys", default=",".join(KEYS))

@@ -115,7 +115,7 @@ def earlier_all(path: Path, seeds: range) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="a bench_clean_retrain label-set folder")
     ap.add_argument("--params", type=Path, default=Path("presets/cifar10n_cpu.yaml"))
     ap.add_argument("--key", default="aggre_label", help="data.noisy_label_key of that folder")

@@ -39,7 +39,7 @@ def final_test_acc(name: str, threads: int, seed: int, **opts) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", default="2:0,1:0,1:1,1:2", help="threads:seed, comma-separated")
     ap.add_argument("--lams", default="auto,0.7", help="JoCoR λ values, comma-separated")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
