@@ -25,12 +25,13 @@ def run_stage(
     (`pipeline.params.check_backbones`), which the first stage and every training stage run.
     """
     from pipeline.errors import GradcleanError
-    from pipeline.params import load_params
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     add_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and usage errors exit here, before torch is imported
+    from pipeline.params import load_params  # imports the method registry, hence torch
+
     try:
         params = load_params(args.params, backbones=backbones)
         body(args, params)

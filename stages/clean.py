@@ -18,15 +18,17 @@ def _args(p):
     p.add_argument("--decisions", type=Path, default=None, help="reviewed decisions (file or folder)")
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.clean import run_clean
+def _run(a, params) -> None:
+    from pipeline.runs.clean import run_clean  # imported here so that --help does not load torch
 
+    run_clean(params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest, a.decisions)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_clean(
-            params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest, a.decisions
-        ),
+        _run,
         argv,
         backbones=False,  # builds no network
     )

@@ -13,13 +13,17 @@ def _args(p):
     p.add_argument("--out", type=Path, default=Path("issues/datalab.parquet"))
 
 
-def main(argv=None) -> int:
-    from pipeline.datalab import run_datalab
+def _run(a, params) -> None:
+    from pipeline.datalab import run_datalab  # imported here so that --help does not load torch
 
+    run_datalab(params, a.ingested, a.embeddings, a.out)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_datalab(params, a.ingested, a.embeddings, a.out),
+        _run,
         argv,
         backbones=False,  # builds no network
     )

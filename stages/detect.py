@@ -19,23 +19,27 @@ def _args(p):
     p.add_argument("--noise-report", type=Path, default=None, help="the noise stage's report")
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.detect import run_detect
+def _run(a, params) -> None:
+    from pipeline.runs.detect import run_detect  # imported here so that --help does not load torch
 
+    run_detect(
+        params,
+        a.detector,
+        a.ingested,
+        a.noisy,
+        a.embeddings,
+        a.scores_dir / f"{a.detector}.parquet",
+        a.logs_dir / f"{a.detector}.csv",
+        a.oof,
+        a.noise_report,
+    )
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_detect(
-            params,
-            a.detector,
-            a.ingested,
-            a.noisy,
-            a.embeddings,
-            a.scores_dir / f"{a.detector}.parquet",
-            a.logs_dir / f"{a.detector}.csv",
-            a.oof,
-            a.noise_report,
-        ),
+        _run,
         argv,
         backbones=False,  # builds no network
     )

@@ -11,10 +11,14 @@ def _args(p):
     p.add_argument("--out", type=Path, default=Path("features/embeddings.parquet"))
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.embed import run_embed
+def _run(a, params) -> None:
+    from pipeline.runs.embed import run_embed  # imported here so that --help does not load torch
 
-    return run_stage(__doc__, _args, lambda a, params: run_embed(params, a.ingested, a.out), argv)
+    run_embed(params, a.ingested, a.out)
+
+
+def main(argv=None) -> int:
+    return run_stage(__doc__, _args, _run, argv)
 
 
 if __name__ == "__main__":

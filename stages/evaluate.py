@@ -28,28 +28,32 @@ def _args(p):
     )
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.evaluate import run_evaluate
+def _run(a, params) -> None:
+    from pipeline.runs.evaluate import run_evaluate  # imported here so that --help does not load torch
 
+    run_evaluate(
+        params,
+        a.ingested,
+        a.noisy,
+        a.noise_report,
+        a.scores_dir,
+        a.logs_dir,
+        a.cleaned,
+        a.retrain,
+        a.metrics,
+        a.plots_dir,
+        a.report,
+        optional_path(a.datalab),
+        a.summary,
+        optional_path(a.retrain_log),
+    )
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_evaluate(
-            params,
-            a.ingested,
-            a.noisy,
-            a.noise_report,
-            a.scores_dir,
-            a.logs_dir,
-            a.cleaned,
-            a.retrain,
-            a.metrics,
-            a.plots_dir,
-            a.report,
-            optional_path(a.datalab),
-            a.summary,
-            optional_path(a.retrain_log),
-        ),
+        _run,
         argv,
         backbones=False,  # builds no network
     )

@@ -6,13 +6,17 @@ from pathlib import Path
 from stages._cli import run_stage
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.ingest import run_ingest
+def _run(a, params) -> None:
+    from pipeline.runs.ingest import run_ingest  # imported here so that --help does not load torch
 
+    run_ingest(params, a.out)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         lambda p: p.add_argument("--out", type=Path, default=Path("data/ingested")),
-        lambda a, params: run_ingest(params, a.out),
+        _run,
         argv,
     )
 

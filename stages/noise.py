@@ -15,13 +15,17 @@ def _args(p):
     p.add_argument("--embeddings", type=Path, default=None, help="embed stage's table (probe estimate)")
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.noise import run_noise
+def _run(a, params) -> None:
+    from pipeline.runs.noise import run_noise  # imported here so that --help does not load torch
 
+    run_noise(params, a.ingested, a.out, a.report, a.oof, a.embeddings)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_noise(params, a.ingested, a.out, a.report, a.oof, a.embeddings),
+        _run,
         argv,
         backbones=False,  # the K-fold estimate checks them itself (the probe builds no network)
     )

@@ -15,13 +15,17 @@ def _args(p):
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/retrain.pt"))
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.retrain import run_retrain
+def _run(a, params) -> None:
+    from pipeline.runs.retrain import run_retrain  # imported here so that --help does not load torch
 
+    run_retrain(params, a.ingested, a.noisy, a.cleaned, a.summary, a.log, a.checkpoint)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_retrain(params, a.ingested, a.noisy, a.cleaned, a.summary, a.log, a.checkpoint),
+        _run,
         argv,
     )
 

@@ -14,13 +14,17 @@ def _args(p):
     p.add_argument("--out-dir", type=Path, default=Path("review"))
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.review import run_review
+def _run(a, params) -> None:
+    from pipeline.runs.review import run_review  # imported here so that --help does not load torch
 
+    run_review(params, a.scores_dir, a.cleaned, a.ingested, a.out_dir)
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_review(params, a.scores_dir, a.cleaned, a.ingested, a.out_dir),
+        _run,
         argv,
         backbones=False,  # builds no network
     )

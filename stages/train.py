@@ -20,25 +20,29 @@ def _args(p):
     p.add_argument("--history-dir", type=Path, default=Path("scores/pool_history"), help="GSS pool histories")
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.train import run_train
+def _run(a, params) -> None:
+    from pipeline.runs.train import run_train  # imported here so that --help does not load torch
 
+    run_train(
+        params,
+        a.method,
+        a.ingested,
+        a.noisy,
+        a.scores_dir / f"{a.method}.parquet",
+        a.logs_dir / f"{a.method}.csv",
+        a.checkpoint_dir / f"{a.method}.pt",
+        a.steps_dir / f"{a.method}.csv",
+        a.history_dir / f"{a.method}.parquet",
+        noise_report=a.noise_report,
+        oof_path=a.oof,
+    )
+
+
+def main(argv=None) -> int:
     return run_stage(
         __doc__,
         _args,
-        lambda a, params: run_train(
-            params,
-            a.method,
-            a.ingested,
-            a.noisy,
-            a.scores_dir / f"{a.method}.parquet",
-            a.logs_dir / f"{a.method}.csv",
-            a.checkpoint_dir / f"{a.method}.pt",
-            a.steps_dir / f"{a.method}.csv",
-            a.history_dir / f"{a.method}.parquet",
-            noise_report=a.noise_report,
-            oof_path=a.oof,
-        ),
+        _run,
         argv,
     )
 

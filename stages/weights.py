@@ -10,10 +10,14 @@ def _args(p):
     p.add_argument("--out", type=Path, default=Path("models/efficientnet_lite0.safetensors"))
 
 
-def main(argv=None) -> int:
-    from pipeline.runs.weights import run_weights
+def _run(a, params) -> None:
+    from pipeline.runs.weights import run_weights  # imported here so that --help does not load torch
 
-    return run_stage(__doc__, _args, lambda a, params: run_weights(a.out), argv, backbones=False)
+    run_weights(a.out)
+
+
+def main(argv=None) -> int:
+    return run_stage(__doc__, _args, _run, argv, backbones=False)
 
 
 if __name__ == "__main__":

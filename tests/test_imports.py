@@ -7,6 +7,8 @@ Every `import` and `from ... import` of a project module counts, at module level
 from __future__ import annotations
 
 import graphlib
+import subprocess
+import sys
 
 import helpers
 import pytest
@@ -15,7 +17,7 @@ from helpers import import_graph
 
 def test_the_walker_sees_imports_inside_functions():
     graph = import_graph()
-    assert "pipeline.runs.ingest" in graph["stages.ingest"]  # imported inside main()
+    assert "pipeline.runs.ingest" in graph["stages.ingest"]  # imported inside a function
     assert {"pipeline.methods", "pipeline.detectors", "pipeline.config"} <= graph["pipeline.params"]
 
 
@@ -43,3 +45,32 @@ def test_a_planted_cycle_is_found(tmp_path, monkeypatch):
     monkeypatch.setattr(helpers, "ROOT", tmp_path)
     with pytest.raises(graphlib.CycleError):
         tuple(graphlib.TopologicalSorter(import_graph()).static_order())
+
+
+_HELP_PROBE = """
+import contextlib, importlib, io, pathlib, sys
+for f in sorted(pathlib.Path("stages").glob("*.py")):
+    if f.name.startswith("_"):
+        continue
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            importlib.import_module(f"stages.{f.stem}").main(["--help"])
+        except SystemExit as e:
+            assert e.code == 0, (f.stem, e.code)
+        else:
+            raise AssertionError(f"{f.stem} --help did not exit")
+    assert out.getvalue().startswith("usage:"), f.stem
+    print(f.stem)
+print("torch" in sys.modules)
+"""
+
+
+def test_stage_help_does_not_import_torch():
+    """`--help` on every stage script prints usage without loading torch (which takes seconds)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE], cwd=helpers.ROOT, capture_output=True, text=True, check=True
+    )
+    *stages, torch_loaded = done.stdout.split()
+    assert {"train", "ingest", "evaluate"} <= set(stages), stages
+    assert torch_loaded == "False", done.stdout
