@@ -21,6 +21,9 @@ def run_stage(
 ) -> int:
     """Parse argv (always with --params), load params, run `body(args, params)`; GradcleanError -> exit 2.
 
+    `body` imports its `pipeline` module itself, inside the function: argv is parsed first, so `--help` and
+    usage errors answer without loading torch (which `pipeline.params` does, through the method registry).
+
     `backbones: False` is for stages that build no network: they skip the timm model-name check
     (`pipeline.params.check_backbones`), which the first stage and every training stage run.
     """
@@ -29,8 +32,8 @@ def run_stage(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     add_args(parser)
-    args = parser.parse_args(argv)  # --help and usage errors exit here, before torch is imported
-    from pipeline.params import load_params  # imports the method registry, hence torch
+    args = parser.parse_args(argv)
+    from pipeline.params import load_params
 
     try:
         params = load_params(args.params, backbones=backbones)

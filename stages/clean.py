@@ -19,7 +19,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.clean import run_clean  # imported here so that --help does not load torch
+    from pipeline.runs.clean import run_clean
 
     run_clean(params, a.scores_dir, a.out, a.csv, a.noise_report, a.ingested, a.manifest, a.decisions)
 

@@ -14,7 +14,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.datalab import run_datalab  # imported here so that --help does not load torch
+    from pipeline.datalab import run_datalab
 
     run_datalab(params, a.ingested, a.embeddings, a.out)
 

@@ -20,7 +20,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.detect import run_detect  # imported here so that --help does not load torch
+    from pipeline.runs.detect import run_detect
 
     run_detect(
         params,

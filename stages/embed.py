@@ -12,7 +12,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.embed import run_embed  # imported here so that --help does not load torch
+    from pipeline.runs.embed import run_embed
 
     run_embed(params, a.ingested, a.out)
 

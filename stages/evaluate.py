@@ -29,7 +29,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.evaluate import run_evaluate  # imported here so that --help does not load torch
+    from pipeline.runs.evaluate import run_evaluate
 
     run_evaluate(
         params,

@@ -7,7 +7,7 @@ from stages._cli import run_stage
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.ingest import run_ingest  # imported here so that --help does not load torch
+    from pipeline.runs.ingest import run_ingest
 
     run_ingest(params, a.out)
 

@@ -16,7 +16,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.noise import run_noise  # imported here so that --help does not load torch
+    from pipeline.runs.noise import run_noise
 
     run_noise(params, a.ingested, a.out, a.report, a.oof, a.embeddings)
 

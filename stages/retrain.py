@@ -16,7 +16,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.retrain import run_retrain  # imported here so that --help does not load torch
+    from pipeline.runs.retrain import run_retrain
 
     run_retrain(params, a.ingested, a.noisy, a.cleaned, a.summary, a.log, a.checkpoint)
 

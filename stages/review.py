@@ -15,7 +15,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.review import run_review  # imported here so that --help does not load torch
+    from pipeline.runs.review import run_review
 
     run_review(params, a.scores_dir, a.cleaned, a.ingested, a.out_dir)
 

@@ -21,7 +21,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.train import run_train  # imported here so that --help does not load torch
+    from pipeline.runs.train import run_train
 
     run_train(
         params,

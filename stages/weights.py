@@ -11,7 +11,7 @@ def _args(p):
 
 
 def _run(a, params) -> None:
-    from pipeline.runs.weights import run_weights  # imported here so that --help does not load torch
+    from pipeline.runs.weights import run_weights
 
     run_weights(a.out)
 
