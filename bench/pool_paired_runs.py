@@ -1,0 +1,102 @@
+"""Pool paired retrain runs (the same training seed on the noisy and on the cleaned labels) from several
+bench runs into one paired comparison: the figures docs/results.md quotes for aggre over all its seeds.
+
+    python bench/pool_paired_runs.py [bench/data/aggre_retrain_pairs.csv] [--out FILE]
+
+The CSV holds one row per run: `seed`, `host`, `noisy_labels` and `cleaned_labels` (test accuracy of the
+fine-tuned CE on each), and `source`, the docs/results.md section whose bench command produced the pair.
+Each host pairs its own runs (the fine-tune's last digits differ across CPUs); pooling pairs from two hosts
+is sound because every difference is taken within one host and one seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
+
+PAIRS = Path(__file__).with_name("data") / "aggre_retrain_pairs.csv"
+
+
+def paired_summary(noisy: np.ndarray, cleaned: np.ndarray) -> dict[str, float]:
+    """Mean, standard error and sd of `cleaned − noisy` (in accuracy points), the counts ahead / behind /
+    level, and the two-sided paired t-test and Wilcoxon signed-rank p-values.
+
+    Args:
+        noisy: (N,) test accuracy of each run on the noisy labels.
+        cleaned: (N,) test accuracy of the same seed on the cleaned labels.
+    """
+    if noisy.shape != cleaned.shape or noisy.ndim != 1 or len(noisy) < 2:
+        raise ValueError(
+            f"need two equal 1-d arrays of at least 2 runs, got {noisy.shape} and {cleaned.shape}"
+        )
+    diff = np.round((cleaned - noisy) * 100, 6)  # points; rounded so a tie at 3 decimals counts as level
+    sd = float(diff.std(ddof=1))
+    return {
+        "runs": len(diff),
+        "mean": float(diff.mean()),
+        "se": sd / np.sqrt(len(diff)),
+        "sd": sd,
+        "ahead": int((diff > 0).sum()),
+        "behind": int((diff < 0).sum()),
+        "level": int((diff == 0).sum()),
+        "t_p": float(stats.ttest_rel(cleaned, noisy).pvalue),
+        "wilcoxon_p": float(stats.wilcoxon(diff).pvalue),
+    }
+
+
+def seed_ranges(seeds: pl.Series) -> list[str]:
+    """Sorted seeds as runs of consecutive numbers: [0, 6, 7, 8] -> ["0", "6-8"]."""
+    out: list[list[int]] = []
+    for s in sorted(seeds.to_list()):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return [f"{a}" if a == b else f"{a}-{b}" for a, b in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pairs", nargs="?", type=Path, default=PAIRS, help="CSV of paired runs")
+    ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = ap.parse_args()
+
+    runs = pl.read_csv(args.pairs)
+    if runs.select(["host", "seed"]).is_duplicated().any():
+        raise SystemExit(f"{args.pairs}: a (host, seed) pair appears twice")
+    # one row per bench run of two or more seeds (a single pair has no spread), then all runs pooled
+    by_run = [runs.filter(pl.col("source") == s) for s in runs["source"].unique(maintain_order=True)]
+    groups = [
+        (f"{g['source'][0]}: {g['host'][0]}, seeds {', '.join(seed_ranges(g['seed']))}", g)
+        for g in by_run
+        if len(g) > 1
+    ]
+    groups.append(("all", runs))
+    rows = []
+    for name, g in groups:
+        s = paired_summary(g["noisy_labels"].to_numpy(), g["cleaned_labels"].to_numpy())
+        rows.append(
+            {
+                "runs": name,
+                "n": s["runs"],
+                "cleaned − noisy (points, ± se)": f"{s['mean']:+.1f} ± {s['se']:.1f}",
+                "sd": f"{s['sd']:.1f}",
+                "ahead / behind / level": f"{s['ahead']} / {s['behind']} / {s['level']}",
+                "paired t-test p": f"{s['t_p']:.3f}",
+                "Wilcoxon p": f"{s['wilcoxon_p']:.3f}",
+            }
+        )
+    emit(table(f"`python bench/pool_paired_runs.py {os.path.relpath(args.pairs)}`", rows), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`bench/pool_paired_runs.py`: the pooled aggre retrain figures docs/results.md quotes come out of the
+committed pairs file, and the paired statistics behave."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pool_paired_runs.py"
+spec = importlib.util.spec_from_file_location("pool_paired_runs", SCRIPT)
+pool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pool)
+
+
+def test_the_53_aggre_runs_give_the_quoted_figures():
+    runs = pl.read_csv(pool.PAIRS)
+    assert runs.height == 53 and not runs.select(["host", "seed"]).is_duplicated().any()
+    s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
+    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.9, 0.4, 2.6)
+    assert (s["ahead"], s["behind"], s["level"]) == (31, 19, 3)
+    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.012, 0.023)
+
+
+def test_swapping_the_two_sides_negates_the_gain_and_keeps_the_p_values():
+    rng = np.random.default_rng(0)
+    noisy = rng.uniform(0.6, 0.7, 12).round(3)
+    cleaned = (noisy + rng.normal(0.01, 0.02, 12)).round(3)
+    a, b = pool.paired_summary(noisy, cleaned), pool.paired_summary(cleaned, noisy)
+    assert a["mean"] == pytest.approx(-b["mean"]) and a["mean"] != 0
+    assert (a["ahead"], a["behind"]) == (b["behind"], b["ahead"])
+    assert a["t_p"] == pytest.approx(b["t_p"]) and a["wilcoxon_p"] == pytest.approx(b["wilcoxon_p"])
+
+
+def test_unpaired_arrays_are_refused():
+    with pytest.raises(ValueError, match="equal 1-d arrays"):
+        pool.paired_summary(np.zeros(5), np.zeros(4))
+
+
+def test_seed_ranges_name_consecutive_runs():
+    assert pool.seed_ranges(pl.Series([7, 0, 6, 8, 32])) == ["0", "6-8", "32"]
