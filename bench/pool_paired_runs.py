@@ -48,7 +48,7 @@ def paired_summary(noisy: np.ndarray, cleaned: np.ndarray) -> dict[str, float]:
         "ahead": int((diff > 0).sum()),
         "behind": int((diff < 0).sum()),
         "level": int((diff == 0).sum()),
-        "t_p": float(stats.ttest_rel(cleaned, noisy).pvalue),
+        "t_p": float(stats.ttest_1samp(diff, 0.0).pvalue),  # = the paired t-test, on the same diffs
         "wilcoxon_p": float(stats.wilcoxon(diff).pvalue),
     }
 
@@ -74,10 +74,9 @@ def main() -> None:
     if runs.select(["host", "seed"]).is_duplicated().any():
         raise SystemExit(f"{args.pairs}: a (host, seed) pair appears twice")
     # one row per bench run of two or more seeds (a single pair has no spread), then all runs pooled
-    by_run = [runs.filter(pl.col("source") == s) for s in runs["source"].unique(maintain_order=True)]
     groups = [
         (f"{g['source'][0]}: {g['host'][0]}, seeds {', '.join(seed_ranges(g['seed']))}", g)
-        for g in by_run
+        for g in runs.partition_by("source", maintain_order=True)
         if len(g) > 1
     ]
     groups.append(("all", runs))
