@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
+from _paired import paired_summary  # noqa: E402
 
 from pipeline.params import parse_params  # noqa: E402
 from pipeline.run import run_retrain  # noqa: E402
@@ -90,9 +90,9 @@ def variants(cleaned: pl.DataFrame, noisy: pl.DataFrame, drop: int, seed: int) -
 
 
 def paired(values: list[float], base: list[float]) -> str:
-    """The paired difference `values - base` over seeds as 'mean ± standard error'."""
-    diff = [v - b for v, b in zip(values, base, strict=True)]
-    return f"{statistics.fmean(diff):+.3f} ± {statistics.stdev(diff) / math.sqrt(len(diff)):.3f}"
+    """The paired difference `values - base` over seeds as 'mean ± standard error', in accuracy units."""
+    s = paired_summary(np.asarray(base), np.asarray(values))
+    return f"{s['mean'] / 100:+.3f} ± {s['se'] / 100:.3f}"
 
 
 def earlier_all(path: Path, seeds: range) -> list[float]:

@@ -16,41 +16,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import emit, table  # noqa: E402  bench/, on the path when a script runs
+from _paired import paired_summary  # noqa: E402
 
 PAIRS = Path(__file__).with_name("data") / "aggre_retrain_pairs.csv"
-
-
-def paired_summary(noisy: np.ndarray, cleaned: np.ndarray) -> dict[str, float]:
-    """Mean, standard error and sd of `cleaned − noisy` (in accuracy points), the counts ahead / behind /
-    level, and the two-sided paired t-test and Wilcoxon signed-rank p-values.
-
-    Args:
-        noisy: (N,) test accuracy of each run on the noisy labels.
-        cleaned: (N,) test accuracy of the same seed on the cleaned labels.
-    """
-    if noisy.shape != cleaned.shape or noisy.ndim != 1 or len(noisy) < 2:
-        raise ValueError(
-            f"need two equal 1-d arrays of at least 2 runs, got {noisy.shape} and {cleaned.shape}"
-        )
-    diff = np.round((cleaned - noisy) * 100, 6)  # points; rounded so a tie at 3 decimals counts as level
-    sd = float(diff.std(ddof=1))
-    return {
-        "runs": len(diff),
-        "mean": float(diff.mean()),
-        "se": sd / np.sqrt(len(diff)),
-        "sd": sd,
-        "ahead": int((diff > 0).sum()),
-        "behind": int((diff < 0).sum()),
-        "level": int((diff == 0).sum()),
-        "t_p": float(stats.ttest_1samp(diff, 0.0).pvalue),  # = the paired t-test, on the same diffs
-        "wilcoxon_p": float(stats.wilcoxon(diff).pvalue),
-    }
 
 
 def seed_ranges(seeds: pl.Series) -> list[str]:

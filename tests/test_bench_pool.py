@@ -42,3 +42,19 @@ def test_unpaired_arrays_are_refused():
 
 def test_seed_ranges_name_consecutive_runs():
     assert pool.seed_ranges(pl.Series([7, 0, 6, 8, 32])) == ["0", "6-8", "32"]
+
+
+def test_identical_runs_give_no_gain_and_p_values_of_one():
+    acc = np.array([0.61, 0.64, 0.66, 0.63])
+    s = pool.paired_summary(acc, acc.copy())
+    assert (s["mean"], s["se"], s["level"]) == (0.0, 0.0, 4)
+    assert (s["t_p"], s["wilcoxon_p"]) == (1.0, 1.0)
+
+
+def test_retrain_rows_reports_the_same_paired_gain_in_accuracy_units():
+    script = SCRIPT.with_name("bench_retrain_rows.py")
+    spec = importlib.util.spec_from_file_location("bench_retrain_rows", script)
+    rows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rows)
+    base, values = [0.650, 0.640, 0.662], [0.660, 0.655, 0.662]  # gains 0.010, 0.015, 0.000
+    assert rows.paired(values, base) == "+0.008 ± 0.004"
