@@ -10,10 +10,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "pool_paired_runs.py"
-spec = importlib.util.spec_from_file_location("pool_paired_runs", SCRIPT)
-pool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pool)
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_script(name: str):
+    """The bench script `bench/<name>.py` as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pool = bench_script("pool_paired_runs")
 
 
 def test_the_53_aggre_runs_give_the_quoted_figures():
@@ -52,9 +60,6 @@ def test_identical_runs_give_no_gain_and_p_values_of_one():
 
 
 def test_retrain_rows_reports_the_same_paired_gain_in_accuracy_units():
-    script = SCRIPT.with_name("bench_retrain_rows.py")
-    spec = importlib.util.spec_from_file_location("bench_retrain_rows", script)
-    rows = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rows)
+    rows = bench_script("bench_retrain_rows")
     base, values = [0.650, 0.640, 0.662], [0.660, 0.655, 0.662]  # gains 0.010, 0.015, 0.000
     assert rows.paired(values, base) == "+0.008 ± 0.004"
