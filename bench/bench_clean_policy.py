@@ -10,7 +10,9 @@ accuracy before and after, and the wrong labels left among the kept rows. The pa
 marked with *. A second table asks whether another vote could find more wrong labels within the same
 cap: for each `clean.methods` score table alone (its `noise_score` ranking) and for their mean rank, the
 AUROC for the wrong labels and how many wrong labels its first k rows hold, k being the rows the own
-setting changes; the vote's own count of changed rows that were wrong closes each label set. `--features`
+setting changes; each table's `probs` ranked by each of cleanlab's label-quality scorings in `--scorings`
+(the probe's `scoring` option: which one to pick) follow, and the vote's own count of changed rows that
+were wrong closes each label set. `--features`
 reuses the embeddings parquet of an earlier run over the same images and embed settings (a workspace's
 `embeddings.parquet`), and skips the embed pass.
 
@@ -28,6 +30,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -42,6 +45,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from pipeline.clean import clean_labels  # noqa: E402
 from pipeline.config import Params  # noqa: E402
+from pipeline.detectors.base import LabelQualityScoring, label_quality  # noqa: E402
 from pipeline.evaluate import cleaning_figures  # noqa: E402
 from pipeline.io import read_table  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
@@ -113,9 +117,11 @@ def sweep(params: Params, ws: Workspace, relabel: list[float], caps: list[str]) 
     return rows
 
 
-def rankings(params: Params, ws: Workspace) -> list[dict]:
+def rankings(params: Params, ws: Workspace, scorings: list[str]) -> list[dict]:
     """Wrong labels within the own setting's changed-row count: each score table's ranking, their mean
-    rank, and the vote itself (the params' own `clean` settings)."""
+    rank, each table's `probs` under each cleanlab label-quality scoring in `scorings`, and the vote itself
+    (the params' own `clean` settings)."""
+
     wrong = ws.truth["is_noisy"].to_numpy()
     share = ws.rate if params.clean.max_share == "auto" else params.clean.max_share
     cleaned = clean_at(params, ws, params.clean.relabel_confidence, share).sort("sample_id")
@@ -124,6 +130,10 @@ def rankings(params: Params, ws: Workspace) -> list[dict]:
     ranks = {m: rankdata(f["noise_score"].to_numpy()) / f.height for m, f in ws.scores.items()}
     if len(ranks) > 1:
         ranks["mean rank of " + " + ".join(ranks)] = np.mean(list(ranks.values()), axis=0)
+    for m, f in ws.scores.items():
+        probs, given = np.stack(f["probs"].to_list()), f["given_label"].to_numpy()
+        for how in scorings:  # low quality first, as the noise_score rankings above
+            ranks[f"{m} probs, cleanlab {how}"] = -label_quality(given, probs, scoring=how)
     rows = [
         {
             "labels": params.data.noisy_label_key,
@@ -152,10 +162,19 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=None, help="reuse these embeddings (same images)")
     ap.add_argument("--relabel", default="0.9,0.8,0.7,0.6", help="relabel_confidence values")
     ap.add_argument("--caps", default="auto,none", help="auto (the estimated rate) and/or none")
+    ap.add_argument(
+        "--scorings",
+        default="self_confidence,normalized_margin,confidence_weighted_entropy",
+        help="cleanlab label-quality scorings to rank each score table's probs by",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     relabel = [float(v) for v in a.relabel.split(",")]
     caps = a.caps.split(",")
+    scorings = [v for v in a.scorings.split(",") if v]
+    known = get_args(LabelQualityScoring)
+    if any(v not in known for v in scorings):
+        ap.error(f"--scorings takes any of {', '.join(known)}")
     if any(not 0.0 <= v <= 1.0 for v in relabel) or any(c not in ("auto", "none") for c in caps):
         ap.error("--relabel takes values in [0, 1]; --caps takes auto and/or none")
     if a.features is not None and not a.features.is_file():
@@ -173,7 +192,7 @@ def main() -> None:
         features = detect(params, a.work / key, features)
         ws = read_workspace(params, a.work / key)
         rows += sweep(params, ws, relabel, caps)
-        ranked += rankings(params, ws)
+        ranked += rankings(params, ws, scorings)
         wrong.append(f"{key}: {int(ws.truth['is_noisy'].sum())} wrong")
     head = (
         f"`{' '.join(sys.argv)}`: {platform.processor() or platform.machine()}; clean.methods "

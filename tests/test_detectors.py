@@ -9,7 +9,7 @@ from helpers import clustered_features
 from sklearn.metrics import f1_score, roc_auc_score
 
 from pipeline.detectors import DETECTORS, DetectorInput
-from pipeline.detectors.base import rank_flags
+from pipeline.detectors.base import label_quality, rank_flags
 from pipeline.detectors.knn import (
     KnnOptions,
     detect_knn,
@@ -107,6 +107,24 @@ def test_vote_shares_and_rank_flags_are_pure_and_exact():
         and shares[1, 2] == pytest.approx((3 + 1 / 3) / 4)
     )
     assert rank_flags(np.array([0.9, 0.1, 0.5, 0.1]), 2).tolist() == [False, True, False, True]
+
+
+def test_knn_noise_score_follows_its_scoring_option():
+    """Normalized margin: a label out-voted by another class scores as wrong, a plurality label below half
+    of the votes does not; self_confidence is 1 - the given class's vote share."""
+    shares, given = np.array([[0.45, 0.30, 0.25], [0.45, 0.30, 0.25]]), np.array([0, 1])
+    margin = 1 - label_quality(given, shares, scoring="normalized_margin")
+    assert margin == pytest.approx([0.425, 0.575])  # (1 - (p_given - p_best_other + 1) / 2)
+    assert 1 - label_quality(given, shares, scoring="self_confidence") == pytest.approx([0.55, 0.70])
+    data, noisy = _input()
+    default, plain = detect_knn(KnnOptions(), data), detect_knn(KnnOptions(scoring="self_confidence"), data)
+    labels = np.asarray(data.labels)
+    assert np.allclose(plain.noise_score, 1 - default.probs[np.arange(len(labels)), labels], atol=1e-6)
+    assert np.allclose(
+        default.noise_score, 1 - label_quality(labels, default.probs, scoring="normalized_margin")
+    )
+    assert np.array_equal(default.flagged, plain.flagged) and np.array_equal(default.probs, plain.probs)
+    assert roc_auc_score(noisy, default.noise_score) > 0.95
 
 
 def test_probe_input_checks():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -84,6 +84,27 @@ def register_detector(spec: DetectorSpec) -> DetectorSpec:
         raise ValueError(f"detector '{spec.name}' registered twice")
     DETECTORS[spec.name] = spec
     return spec
+
+
+LabelQualityScoring = Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"]
+"""cleanlab's label-quality scorings (`cleanlab.rank.get_label_quality_scores`'s `method`)."""
+
+
+def label_quality(labels: np.ndarray, probs: np.ndarray, *, scoring: LabelQualityScoring) -> np.ndarray:
+    """cleanlab's label-quality score of each given label, in [0, 1], higher = more likely correct.
+
+    Args:
+        labels: (N,) given labels in [0, K).
+        probs: (N, K) predicted probabilities (rows sum to 1).
+        scoring: `self_confidence` (probs[given]), `normalized_margin` ((probs[given] - the largest other
+            class's prob + 1) / 2) or `confidence_weighted_entropy`.
+
+    Returns:
+        (N,) float64.
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    return get_label_quality_scores(labels, probs, method=scoring)
 
 
 def rank_flags(quality: np.ndarray, count: int) -> np.ndarray:

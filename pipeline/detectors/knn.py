@@ -2,7 +2,9 @@
 
 Each training sample's k nearest neighbours (cosine similarity of L2-normalised features, itself excluded)
 vote with their given labels. `probs` is the smoothed vote share per class, (votes + 1/K) / (k + 1);
-`noise_score` = 1 - probs[given]; `knn_agreement` = share of neighbours with the same given label.
+`noise_score` = 1 - cleanlab's label-quality score of the given label on those shares (`scoring`: by
+default the normalized margin, so a label scores as wrong by how far another class out-votes it;
+`self_confidence` gives 1 - probs[given]); `knn_agreement` = share of neighbours with the same given label.
 `flag: vote` flags a sample whose majority neighbour label differs from its own; `flag: cleanlab` runs
 cleanlab's `find_label_issues` on the vote shares instead. Test samples are classified by the same vote
 among the training neighbours.
@@ -27,7 +29,9 @@ from pipeline.detectors.base import (
     DetectorInput,
     DetectorResult,
     DetectorSpec,
+    LabelQualityScoring,
     label_issue_flags,
+    label_quality,
     register_detector,
 )
 from pipeline.errors import ConfigError
@@ -39,6 +43,9 @@ class KnnOptions(Strict):
 
     k: int = Field(20, ge=1)  # neighbours per sample
     flag: Literal["vote", "cleanlab"] = "vote"
+    scoring: LabelQualityScoring = "normalized_margin"  # noise_score = 1 - this cleanlab label quality of
+    # the vote shares; normalized_margin ranks more wrong labels first than self_confidence on all three
+    # CIFAR-10N label sets (docs/results.md)
     backend: Literal["auto", "sklearn", "faiss", "faiss_ivf"] = "auto"
     faiss_from: int = Field(
         1000, ge=1
@@ -145,6 +152,7 @@ def detect_knn(opts: KnnOptions, data: DetectorInput) -> DetectorResult:
         probs=shares.astype(np.float32),
         flagged=np.asarray(flags, dtype=bool),
         test_probs=vote_shares(labels[test_idx], data.num_classes).astype(np.float32),
+        noise_score=(1.0 - label_quality(labels, shares, scoring=opts.scoring)).astype(np.float32),
         extra={"knn_agreement": agreement.astype(np.float32)},
         log={"k": float(k)},
     )

@@ -26,7 +26,9 @@ from pipeline.detectors.base import (
     DetectorInput,
     DetectorResult,
     DetectorSpec,
+    LabelQualityScoring,
     label_issue_flags,
+    label_quality,
     rank_flags,
     register_detector,
 )
@@ -50,9 +52,8 @@ class ProbeOptions(Strict):
     filter_by: Literal[
         "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
     ] = "prune_by_noise_rate"  # flag: cleanlab -> cleanlab.filter.find_label_issues
-    scoring: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = (
-        "self_confidence"  # cleanlab.rank.get_label_quality_scores
-    )
+    scoring: LabelQualityScoring = "self_confidence"  # cleanlab's label-quality score; self_confidence finds
+    # the most wrong labels within the first 200 on aggre, normalized_margin on worst and random1 (docs)
 
 
 def _blas_threads(n: int):
@@ -178,13 +179,11 @@ def fit_probe(opts: ProbeOptions, data: DetectorInput) -> tuple[np.ndarray, list
 
 def detect_probe(opts: ProbeOptions, data: DetectorInput) -> DetectorResult:
     """Out-of-fold probe + cleanlab; see the module docstring."""
-    from cleanlab.rank import get_label_quality_scores
-
     from pipeline.noise.estimate import estimate_noise
 
     oof, accs, c, reused = fit_probe(opts, data)
     probs = oof.astype(np.float64)
-    quality = get_label_quality_scores(data.labels, probs, method=opts.scoring)
+    quality = label_quality(data.labels, probs, scoring=opts.scoring)
     rate = estimate_noise(data.labels, probs, num_classes=data.num_classes)["rate"]
     if opts.flag == "rank":
         flags = rank_flags(quality, int(round(rate * len(data.labels))))
