@@ -121,7 +121,6 @@ def rankings(params: Params, ws: Workspace, scorings: list[str]) -> list[dict]:
     """Wrong labels within the own setting's changed-row count: each score table's ranking, their mean
     rank, each table's `probs` under each cleanlab label-quality scoring in `scorings`, and the vote itself
     (the params' own `clean` settings)."""
-
     wrong = ws.truth["is_noisy"].to_numpy()
     share = ws.rate if params.clean.max_share == "auto" else params.clean.max_share
     cleaned = clean_at(params, ws, params.clean.relabel_confidence, share).sort("sample_id")
