@@ -2,6 +2,7 @@
 bench runs into one paired comparison: the figures docs/results.md quotes for aggre over all its seeds.
 
     python bench/pool_paired_runs.py [bench/data/aggre_retrain_pairs.csv] [--out FILE]
+    python bench/pool_paired_runs.py bench/data/aggre_retrain_pairs_margin.csv   # knn's current score
 
 The CSV holds one row per run: `seed`, `host`, `noisy_labels` and `cleaned_labels` (test accuracy of the
 fine-tuned CE on each), and `source`, the docs/results.md section whose bench command produced the pair.

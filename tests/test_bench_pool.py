@@ -1,5 +1,5 @@
 """`bench/pool_paired_runs.py`: the pooled aggre retrain figures docs/results.md quotes come out of the
-committed pairs file, and the paired statistics behave."""
+committed pairs files, and the paired statistics behave."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def test_the_53_aggre_runs_give_the_quoted_figures():
     assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.9, 0.4, 2.6)
     assert (s["ahead"], s["behind"], s["level"]) == (31, 19, 3)
     assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.012, 0.023)
+
+
+def test_the_40_runs_of_the_current_knn_score_give_the_quoted_figures():
+    runs = pl.read_csv(pool.PAIRS.with_name("aggre_retrain_pairs_margin.csv"))
+    assert runs["seed"].to_list() == list(range(32, 72)) and runs["host"].unique().to_list() == ["AMD EPYC"]
+    s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
+    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.5, 0.4, 2.4)
+    assert (s["ahead"], s["behind"], s["level"]) == (25, 13, 2)
+    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.165, 0.168)
 
 
 def test_swapping_the_two_sides_negates_the_gain_and_keeps_the_p_values():
