@@ -25,12 +25,21 @@ pool = bench_script("pool_paired_runs")
 
 
 def test_the_53_aggre_runs_give_the_quoted_figures():
-    runs = pl.read_csv(pool.PAIRS)
+    runs = pl.read_csv(pool.PAIRS).filter(pl.col("seed") < 52)  # the first 53; seeds 52-71 came later
     assert runs.height == 53 and not runs.select(["host", "seed"]).is_duplicated().any()
     s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
     assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.9, 0.4, 2.6)
     assert (s["ahead"], s["behind"], s["level"]) == (31, 19, 3)
     assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.012, 0.023)
+
+
+def test_all_73_runs_of_the_old_knn_score_give_the_quoted_figures():
+    runs = pl.read_csv(pool.PAIRS)
+    assert runs.height == 73 and not runs.select(["host", "seed"]).is_duplicated().any()
+    s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
+    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (1.0, 0.3, 2.6)
+    assert (s["ahead"], s["behind"], s["level"]) == (45, 25, 3)
+    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.001, 0.003)
 
 
 def test_the_40_runs_of_the_current_knn_score_give_the_quoted_figures():
