@@ -24,31 +24,26 @@ def bench_script(name: str):
 pool = bench_script("pool_paired_runs")
 
 
-def test_the_53_aggre_runs_give_the_quoted_figures():
-    runs = pl.read_csv(pool.PAIRS).filter(pl.col("seed") < 52)  # the first 53; seeds 52-71 came later
-    assert runs.height == 53 and not runs.select(["host", "seed"]).is_duplicated().any()
+OLD, MARGIN = "aggre_retrain_pairs.csv", "aggre_retrain_pairs_margin.csv"  # knn's old and current score
+# pairs file, seeds below which to keep (None: all), runs, (mean, se, sd) in points, ahead/behind/level, p
+QUOTED = {
+    "old score, first 53": (OLD, 52, 53, (0.9, 0.4, 2.6), (31, 19, 3), (0.012, 0.023)),
+    "old score, all 73": (OLD, None, 73, (1.0, 0.3, 2.6), (45, 25, 3), (0.001, 0.003)),
+    "current score, 40": (MARGIN, None, 40, (0.5, 0.4, 2.4), (25, 13, 2), (0.165, 0.168)),
+}
+
+
+@pytest.mark.parametrize("name", QUOTED)
+def test_the_committed_pairs_give_the_figures_docs_quote(name):
+    file, below_seed, n, spread, counts, p_values = QUOTED[name]
+    runs = pl.read_csv(pool.PAIRS.with_name(file))
+    if below_seed is not None:  # the runs before a later extension of the same file
+        runs = runs.filter(pl.col("seed") < below_seed)
+    assert runs.height == n and not runs.select(["host", "seed"]).is_duplicated().any()
     s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
-    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.9, 0.4, 2.6)
-    assert (s["ahead"], s["behind"], s["level"]) == (31, 19, 3)
-    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.012, 0.023)
-
-
-def test_all_73_runs_of_the_old_knn_score_give_the_quoted_figures():
-    runs = pl.read_csv(pool.PAIRS)
-    assert runs.height == 73 and not runs.select(["host", "seed"]).is_duplicated().any()
-    s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
-    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (1.0, 0.3, 2.6)
-    assert (s["ahead"], s["behind"], s["level"]) == (45, 25, 3)
-    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.001, 0.003)
-
-
-def test_the_40_runs_of_the_current_knn_score_give_the_quoted_figures():
-    runs = pl.read_csv(pool.PAIRS.with_name("aggre_retrain_pairs_margin.csv"))
-    assert runs["seed"].to_list() == list(range(32, 72)) and runs["host"].unique().to_list() == ["AMD EPYC"]
-    s = pool.paired_summary(runs["noisy_labels"].to_numpy(), runs["cleaned_labels"].to_numpy())
-    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == (0.5, 0.4, 2.4)
-    assert (s["ahead"], s["behind"], s["level"]) == (25, 13, 2)
-    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == (0.165, 0.168)
+    assert (round(s["mean"], 1), round(s["se"], 1), round(s["sd"], 1)) == spread
+    assert (s["ahead"], s["behind"], s["level"]) == counts
+    assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == p_values
 
 
 def test_swapping_the_two_sides_negates_the_gain_and_keeps_the_p_values():
