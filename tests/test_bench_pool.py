@@ -46,6 +46,19 @@ def test_the_committed_pairs_give_the_figures_docs_quote(name):
     assert (round(s["t_p"], 3), round(s["wilcoxon_p"], 3)) == p_values
 
 
+def test_against_takes_the_other_cleaning_as_baseline_at_the_shared_host_and_seed():
+    def runs(rows):
+        return pl.DataFrame(
+            rows, schema=["seed", "host", "noisy_labels", "cleaned_labels", "source"], orient="row"
+        )
+
+    mine = runs([(1, "a", 0.60, 0.65, "s"), (2, "a", 0.61, 0.66, "s"), (1, "b", 0.62, 0.63, "s")])
+    other = runs([(2, "a", 0.61, 0.70, "t"), (1, "a", 0.60, 0.64, "t"), (3, "a", 0.5, 0.5, "t")])
+    out = pool.against(mine, other)
+    assert out.select("seed", "host").rows() == [(1, "a"), (2, "a")]  # host b and seed 3 have no partner
+    assert out["noisy_labels"].to_list() == [0.64, 0.70] and out["cleaned_labels"].to_list() == [0.65, 0.66]
+
+
 def test_swapping_the_two_sides_negates_the_gain_and_keeps_the_p_values():
     rng = np.random.default_rng(0)
     noisy = rng.uniform(0.6, 0.7, 12).round(3)
