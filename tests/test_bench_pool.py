@@ -29,7 +29,8 @@ OLD, MARGIN = "aggre_retrain_pairs.csv", "aggre_retrain_pairs_margin.csv"  # knn
 QUOTED = {
     "old score, first 53": (OLD, 52, 53, (0.9, 0.4, 2.6), (31, 19, 3), (0.012, 0.023)),
     "old score, all 73": (OLD, None, 73, (1.0, 0.3, 2.6), (45, 25, 3), (0.001, 0.003)),
-    "current score, 40": (MARGIN, None, 40, (0.5, 0.4, 2.4), (25, 13, 2), (0.165, 0.168)),
+    "current score, first 40": (MARGIN, 72, 40, (0.5, 0.4, 2.4), (25, 13, 2), (0.165, 0.168)),
+    "current score, all 60": (MARGIN, None, 60, (0.5, 0.3, 2.4), (39, 18, 3), (0.128, 0.106)),
 }
 
 
