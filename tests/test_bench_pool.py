@@ -37,7 +37,7 @@ QUOTED = {
 @pytest.mark.parametrize("name", QUOTED)
 def test_the_committed_pairs_give_the_figures_docs_quote(name):
     file, below_seed, n, spread, counts, p_values = QUOTED[name]
-    runs = pl.read_csv(pool.PAIRS.with_name(file))
+    runs = pool.read_pairs(pool.PAIRS.with_name(file))  # as the script reads them
     if below_seed is not None:  # the runs before a later extension of the same file
         runs = runs.filter(pl.col("seed") < below_seed)
     assert runs.height == n and not runs.select(["host", "seed"]).is_duplicated().any()
